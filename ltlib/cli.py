@@ -1,0 +1,227 @@
+"""Command line: ``ltlib train``, ``ltlib runs``, ``ltlib show RUN``, ``ltlib compare RUN RUN …``,
+``ltlib methods``. Every config field is a flag; ``--preset`` loads a named preset first.
+Bad input prints one ``error:`` line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import fields
+from typing import Any
+
+from ltlib import presets
+from ltlib.train import Config
+
+PARAM_FIELDS = ("dataset", "model", "loss", "sampler", "mixing", "schedule")
+
+
+def _value(text: str) -> Any:
+    """Parse a ``key=value`` value: JSON when it parses (numbers, lists, true/false), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    key, _, value = text.partition("=")
+    return key.strip(), _value(value)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(Config)
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if f.name.endswith("_params"):
+            base = f.name[: -len("_params")]
+            p.add_argument(
+                f"--{base}-param",
+                dest=f.name,
+                type=_key_value,
+                action="append",
+                metavar="KEY=VALUE",
+                help=f"a {base} parameter (repeatable)",
+            )
+        elif hint is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(hint) is list:
+            p.add_argument(flag, dest=f.name, type=int, nargs="*", metavar="EPOCH")
+        else:
+            kind = hint if hint in (int, float) else str
+            p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    for name in [k for k in given if k.endswith("_params")]:
+        given[name] = dict(given[name])
+    if args.preset:
+        return presets.preset(args.preset, **given)
+    return Config.from_dict(given)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ltlib.train import train
+
+    cfg = config_from_args(args)
+    bars: list[tqdm] = []
+
+    def progress(event) -> None:
+        if event.kind == "start":  # only once the config and data have been accepted
+            bars.append(tqdm(total=cfg.epochs, unit="epoch", disable=args.quiet, leave=False))
+        if event.kind == "epoch":
+            bar = bars[0]
+            bar.update(1)
+            shown = {k: event.data[k] for k in ("loss", "balanced_accuracy") if k in event.data}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+
+    try:
+        result = train(cfg, callbacks=[progress], root=args.out)
+    finally:
+        for bar in bars:
+            bar.close()
+    e = result.eval
+    print(
+        f"run {result.run_id}: balanced accuracy {e['balanced_accuracy']:.4f}, accuracy {e['accuracy']:.4f}, "
+        f"many {e['many']:.3f} / medium {e['medium']:.3f} / few {e['few']:.3f}, ECE {e['ece']:.4f}  ({result.path})"
+    )
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ltlib.runs import list_runs
+
+    rows = []
+    for r in list_runs(args.out):
+        e = r.eval or {}
+        rows.append(
+            [
+                r.id,
+                r.status,
+                r.config.get("dataset"),
+                r.config.get("imbalance"),
+                r.config.get("loss"),
+                r.config.get("sampler"),
+                r.config.get("mixing"),
+                e.get("balanced_accuracy", "-"),
+                e.get("few", "-"),
+            ]
+        )
+    print(
+        _table(rows, ["run", "status", "dataset", "imbalance", "loss", "sampler", "mixing", "balanced_acc", "few"]) if rows else "no runs"
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ltlib.runs import load_run
+
+    run = load_run(args.run, args.out)
+    if run.eval is None:
+        print(f"run {run.id}: {run.status}: {run.meta.get('error')}")
+        return 1
+    e, names = run.eval, run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
+    rows = [[c, names[c], e["class_counts"][c], e["per_class_accuracy"][c], e["per_class_margin"][c]] for c in range(len(names))]
+    print(_table(rows, ["class", "name", "train_count", "accuracy", "mean_margin"]))
+    print(
+        f"balanced accuracy {e['balanced_accuracy']:.4f}  accuracy {e['accuracy']:.4f}  many {e['many']:.3f}  medium {e['medium']:.3f}  "
+        f"few {e['few']:.3f}  (groups by {e['group_rule']})  ECE {e['ece']:.4f}  NLL {e['nll']:.4f}"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ltlib.runs import load_run
+
+    runs = [load_run(r, args.out) for r in args.runs]
+    keys = ["balanced_accuracy", "accuracy", "many", "medium", "few", "ece", "nll", "brier"]
+    rows = [
+        [r.id, r.config.get("loss"), r.config.get("sampler"), r.config.get("mixing")] + [(r.eval or {}).get(k, "-") for k in keys]
+        for r in runs
+    ]
+    print(_table(rows, ["run", "loss", "sampler", "mixing"] + keys))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ltlib import losses, mixing, samplers, schedules
+    from ltlib.data import DATASETS
+    from ltlib.models import MODELS
+
+    for title, reg in [
+        ("datasets", DATASETS),
+        ("models", MODELS),
+        ("losses", losses.LOSSES),
+        ("samplers", samplers.SAMPLERS),
+        ("mixing", mixing.MIXING),
+        ("schedules", schedules.SCHEDULES),
+    ]:
+        print(f"{title}:")
+        for name in reg.available():
+            e = reg.get(name)
+            params = ", ".join(f"{k}={v}" for k, v in e.defaults.items())
+            print(f"  {name:20s} {e.summary}  [{e.paper}]" + (f"  ({params})" if params else ""))
+    print("presets: " + ", ".join(presets.available()))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltlib", description="Long-Tail Lab: long-tailed image classification")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one run and save it")
+    t.add_argument("--preset", choices=None, help=f"start from a named preset ({', '.join(presets.available())})")
+    t.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("runs", help="list saved runs")
+    r.add_argument("--out")
+    r.set_defaults(func=cmd_runs)
+    s = sub.add_parser("show", help="per-class table of one run")
+    s.add_argument("run")
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_show)
+    c = sub.add_parser("compare", help="metrics of several runs side by side")
+    c.add_argument("runs", nargs="+")
+    c.add_argument("--out")
+    c.set_defaults(func=cmd_compare)
+    m = sub.add_parser("methods", help="list every registered dataset, model and method")
+    m.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ltlib.train import Cancelled, TrainingDiverged
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (TrainingDiverged, Cancelled) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            print("error: out of memory; try a smaller --batch-size or --device cpu", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

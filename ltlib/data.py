@@ -1,0 +1,433 @@
+"""Datasets and long-tail subsampling.
+
+Every dataset loader returns a :class:`Dataset`: a balanced train pool and a balanced test set
+as tensors (uint8 images ``N×C×H×W`` or float features ``N×D``) plus class names. The long tail
+is made afterwards by :func:`make_long_tailed`, with a seed, as in the LDAM-DRW
+(Cao et al., NeurIPS 2019) and class-balanced loss (Cui et al., CVPR 2019) code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ltlib.registry import Registry
+
+DATASETS = Registry("dataset")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class Dataset:
+    """Tensors of one dataset. ``x_*`` are uint8 images (N, C, H, W) or float features (N, D)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    # Augmentation that suits the data: random-crop padding in pixels and horizontal flips.
+    crop_padding: int = 0
+    flip: bool = False
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    # Per-sample domain ids for multi-domain datasets (TALLY); None for single-domain data.
+    domains_train: torch.Tensor | None = None
+    domains_test: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.dtype == torch.uint8
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.y_train.numpy(), minlength=self.num_classes)
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are cached: ``$LTLIB_CACHE`` or ``~/.cache/ltlib``."""
+    return Path(os.environ.get("LTLIB_CACHE", Path.home() / ".cache" / "ltlib"))
+
+
+# ----------------------------------------------------------------------------- long tail
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list[int]:
+    """Per-class training counts of a long-tailed subset, head class first.
+
+    ``exp``: n_c = int(n_max · imbalance^(−c/(C−1))); ``step``: the first ⌊C/2⌋ classes keep n_max,
+    the rest int(n_max / imbalance). Imbalance 1 is balanced. CIFAR-10 with n_max=5000 and
+    imbalance 100 gives 5000 … 50, 12,406 images in all.
+    """
+    if not imbalance >= 1:
+        raise ValueError(f"imbalance={imbalance} is not allowed; it must be >= 1 (1 = balanced)")
+    if num_classes < 1 or n_max < 1:
+        raise ValueError(f"n_max={n_max} and num_classes={num_classes} must both be >= 1")
+    factor = 1.0 / imbalance
+    if profile == "exp":
+        if num_classes == 1:
+            return [int(n_max)]
+        return [int(n_max * factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    if profile == "step":
+        head = num_classes // 2
+        return [int(n_max)] * head + [int(n_max * factor)] * (num_classes - head)
+    raise ValueError(f"unknown profile {profile!r}; choose one of: exp, step")
+
+
+def make_long_tailed(
+    ds: Dataset,
+    imbalance: float,
+    profile: str = "exp",
+    seed: int = 0,
+    val_fraction: float = 0.0,
+) -> Dataset:
+    """Subsample the balanced train pool into a long tail; the test set stays balanced.
+
+    n_max is the smallest class in the pool, so every class can supply its count. With
+    ``val_fraction`` > 0 a stratified validation split is carved from the long-tailed
+    training set (at least one image per class with two or more).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} is out of range; allowed: [0, 1)")
+    y = ds.y_train.numpy()
+    pool = np.bincount(y, minlength=ds.num_classes)
+    if pool.min() == 0:
+        empty = ds.class_names[int(pool.argmin())]
+        raise ValueError(f"class {empty!r} has no training images in dataset {ds.name!r}")
+    counts = long_tail_counts(int(pool.min()), ds.num_classes, imbalance, profile)
+    for c, n in enumerate(counts):
+        if n < 1:
+            raise ValueError(
+                f"imbalance={imbalance} leaves class {ds.class_names[c]!r} with zero training images "
+                f"(largest class has {pool.min()}); use an imbalance <= {pool.min()}"
+            )
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c, n in enumerate(counts):
+        chosen = rng.permutation(np.flatnonzero(y == c))[:n]
+        n_val = int(round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        val_idx.append(chosen[:n_val])
+        train_idx.append(chosen[n_val:])
+    tr = torch.from_numpy(np.concatenate(train_idx))
+    va = torch.from_numpy(np.concatenate(val_idx))
+    dom = ds.domains_train
+    out = replace(
+        ds,
+        x_train=ds.x_train[tr],
+        y_train=ds.y_train[tr],
+        domains_train=None if dom is None else dom[tr],
+        info={**ds.info, "imbalance": imbalance, "profile": profile, "subset_seed": seed},
+    )
+    if len(va):
+        out.x_val, out.y_val = ds.x_train[va], ds.y_train[va]
+    return out
+
+
+def class_groups(class_counts: np.ndarray | list[int]) -> tuple[dict[str, list[int]], str]:
+    """Many/medium/few class groups and the rule used.
+
+    By count (>100, 20–100, <20) when that leaves every group non-empty; otherwise (small
+    datasets, CIFAR-10-LT) by terciles of the classes ordered from most to fewest images.
+    """
+    counts = np.asarray(class_counts)
+    by_count = {
+        "many": [int(c) for c in np.flatnonzero(counts > 100)],
+        "medium": [int(c) for c in np.flatnonzero((counts >= 20) & (counts <= 100))],
+        "few": [int(c) for c in np.flatnonzero(counts < 20)],
+    }
+    if all(by_count.values()):
+        return by_count, "count"
+    order = np.argsort(-counts, kind="stable")
+    parts = np.array_split(order, 3)
+    return {k: sorted(int(c) for c in p) for k, p in zip(("many", "medium", "few"), parts)}, "tercile"
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def load_dataset(name: str, **params) -> Dataset:
+    """Build a registered dataset by name (``toy2d``, ``digits``, ``fashion-mnist``, ``cifar10``, …)."""
+    return DATASETS.build(name, **params)
+
+
+def _split_per_class(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    test = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n_test] for c in np.unique(y)])
+    mask = np.ones(len(y), bool)
+    mask[test] = False
+    return np.flatnonzero(mask), np.sort(test)
+
+
+@DATASETS.register("toy2d", paper="Gaussian mixture in 2-D, for decision-region pictures")
+def toy2d(num_classes: int = 5, n_per_class: int = 500, n_test_per_class: int = 200, spread: float = 0.6) -> Dataset:
+    """2-D Gaussian mixture: class means on a circle, generated instantly (features, not images)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} is out of range; allowed: >= 2")
+    rng = np.random.default_rng(12345)
+    angles = 2 * np.pi * np.arange(num_classes) / num_classes
+    means = np.stack([np.cos(angles), np.sin(angles)], 1) * 2.0
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(num_classes), n)
+        return (means[y] + spread * rng.standard_normal((len(y), 2))).astype(np.float32), y
+
+    xtr, ytr = sample(n_per_class)
+    xte, yte = sample(n_test_per_class)
+    return Dataset(
+        "toy2d",
+        torch.from_numpy(xtr),
+        torch.from_numpy(ytr).long(),
+        torch.from_numpy(xte),
+        torch.from_numpy(yte).long(),
+        [f"class {c}" for c in range(num_classes)],
+    )
+
+
+@DATASETS.register("digits", paper="scikit-learn's 8×8 handwritten digits (UCI, Alpaydin & Kaynak 1998)")
+def digits(n_test_per_class: int = 50) -> Dataset:
+    """scikit-learn's 8×8 digits (1,797 images, ships with scikit-learn): the embedded default."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = d.target.astype(np.int64)
+    tr, te = _split_per_class(y, n_test_per_class, seed=0)
+    return Dataset(
+        "digits",
+        torch.from_numpy(x[tr]),
+        torch.from_numpy(y[tr]),
+        torch.from_numpy(x[te]),
+        torch.from_numpy(y[te]),
+        [str(i) for i in range(10)],
+        crop_padding=1,
+    )
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read a (gzip'd) IDX file as numpy: magic, dims, then big-endian uint8 data."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+
+
+@DATASETS.register("fashion-mnist", paper="Xiao, Rasul & Vollgraf, Fashion-MNIST, arXiv 2017")
+def fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
+    """Fashion-MNIST 28×28: Debian's dataset-fashion-mnist package if present, else torchvision."""
+    folder = Path(root) if root else FASHION_MNIST_DIR
+    names = {k: f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    if all((folder / f).exists() for f in names.values()):
+        arr = {k: _read_idx(folder / f) for k, f in names.items()}
+        xtr, ytr = arr["train-images-idx3"], arr["train-labels-idx1"]
+        xte, yte = arr["t10k-images-idx3"], arr["t10k-labels-idx1"]
+    else:
+        if root is not None:
+            raise FileNotFoundError(f"no Fashion-MNIST IDX files (*-ubyte.gz) in {folder}")
+        from torchvision.datasets import FashionMNIST
+
+        target = cache_dir() / "torchvision"
+        tr = FashionMNIST(str(target), train=True, download=download)
+        te = FashionMNIST(str(target), train=False, download=download)
+        xtr, ytr, xte, yte = tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
+    return Dataset(
+        "fashion-mnist",
+        torch.from_numpy(np.ascontiguousarray(xtr)[:, None]),
+        torch.from_numpy(ytr.astype(np.int64)),
+        torch.from_numpy(np.ascontiguousarray(xte)[:, None]),
+        torch.from_numpy(yte.astype(np.int64)),
+        list(FASHION_CLASSES),
+        crop_padding=2,
+        flip=True,
+    )
+
+
+def _decode(item: tuple[str, bytes]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    name, blob = item
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"corrupt image file {name!r}: {e}") from None
+
+
+def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 2)) as pool:
+        images = list(pool.map(_decode, items, chunksize=256))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"images differ in size ({sorted(shapes)[:3]} …); resize them to one size first")
+    return np.stack(images).transpose(0, 3, 1, 2).copy()
+
+
+def _is_image(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.lower().endswith(IMAGE_SUFFIXES) and not base.startswith(".")
+
+
+def _read_tree(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
+    """Files of an ImageFolder tree (a folder or a .tar/.tar.gz archive) as split → class → files.
+
+    The split is a top folder named ``train``/``test`` when present, else ``""``.
+    """
+    tree: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
+
+    def add(rel: str, read) -> None:
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if len(parts) < 2 or not _is_image(parts[-1]):
+            return
+        split = parts[-3] if len(parts) >= 3 and parts[-3] in ("train", "test") else ""
+        tree.setdefault(split, {}).setdefault(parts[-2], []).append((rel, read()))
+
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                add(f.relative_to(path).as_posix(), f.read_bytes)
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if m.isfile():
+                    add(m.name, lambda m=m: tar.extractfile(m).read())
+    else:
+        raise ValueError(f"{path} is neither a folder nor a .tar/.tar.gz archive")
+    return tree
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _folder_dataset(name: str, path: Path, test_fraction: float, seed: int) -> Dataset:
+    if not path.exists():
+        raise FileNotFoundError(f"path does not exist: {path}")
+    cached = cache_dir() / f"{name}-{_cache_key(path)}.npz"
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    else:
+        tree = _read_tree(path)
+        if not tree:
+            raise ValueError(f"no images found in {path} (expected class sub-folders of {', '.join(IMAGE_SUFFIXES)} files)")
+        classes = sorted({c for split in tree.values() for c in split})
+        arrays = {"classes": np.array(classes)}
+        for split, by_class in tree.items():
+            items = [(f, c) for c in classes for f in by_class.get(c, [])]
+            arrays[f"x_{split or 'all'}"] = _decode_all([f for f, _ in items])
+            arrays[f"y_{split or 'all'}"] = np.array([classes.index(c) for _, c in items], np.int64)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cached)
+    classes = [str(c) for c in arrays["classes"]]
+    if "x_train" in arrays and "x_test" in arrays:
+        xtr, ytr, xte, yte = arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+    else:
+        x = arrays.get("x_all", arrays.get("x_train"))
+        y = arrays.get("y_all", arrays.get("y_train"))
+        per_class = np.bincount(y, minlength=len(classes))
+        n_test = max(1, int(per_class.min() * test_fraction))
+        if per_class.min() < 2:
+            raise ValueError(f"every class needs at least 2 images to split off a test set; {path} has a class with {per_class.min()}")
+        tr, te = _split_per_class(y, n_test, seed)
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    size = xtr.shape[-1]
+    return Dataset(
+        name,
+        torch.from_numpy(xtr),
+        torch.from_numpy(ytr),
+        torch.from_numpy(xte),
+        torch.from_numpy(yte),
+        classes,
+        crop_padding=max(1, size // 8),
+        flip=True,
+        info={"source": str(path)},
+    )
+
+
+CIFAR10_ARCHIVES = ("../shared/data/cifar10-jpeg.tar.gz", ".device-data/cifar10-jpeg.tar.gz")
+
+
+@DATASETS.register("cifar10", paper="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009")
+def cifar10(path: str | None = None, download: bool = True) -> Dataset:
+    """CIFAR-10 32×32: an ImageFolder folder/archive (train/<class>/*.jpg, test/…) or torchvision's download."""
+    candidates = [Path(path)] if path else [Path(p) for p in CIFAR10_ARCHIVES]
+    for p in candidates:
+        if p.exists() or path:
+            ds = _folder_dataset("cifar10", p, test_fraction=0.2, seed=0)
+            ds.crop_padding = 4
+            return ds
+    from torchvision.datasets import CIFAR10
+
+    target = cache_dir() / "torchvision"
+    tr = CIFAR10(str(target), train=True, download=download)
+    te = CIFAR10(str(target), train=False, download=download)
+    return Dataset(
+        "cifar10",
+        torch.from_numpy(tr.data.transpose(0, 3, 1, 2).copy()),
+        torch.tensor(tr.targets),
+        torch.from_numpy(te.data.transpose(0, 3, 1, 2).copy()),
+        torch.tensor(te.targets),
+        list(tr.classes),
+        crop_padding=4,
+        flip=True,
+    )
+
+
+@DATASETS.register("imagefolder", paper="your own images: one sub-folder per class")
+def imagefolder(path: str = "", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Your own folder (or .tar.gz) of class sub-folders; a balanced test split is carved per class."""
+    if not path:
+        raise ValueError("dataset 'imagefolder' needs a path: --dataset-param path=/folder/of/class/subfolders")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction} is out of range; allowed: (0, 1)")
+    return _folder_dataset("imagefolder", Path(path), test_fraction, seed)
+
+
+# ----------------------------------------------------------------------------- on-device augmentation
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero-padding by ``padding`` pixels, and random horizontal flips, batched.
+
+    Works on any device with tensor ops only (no per-image Python), like torchvision's
+    ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` applied image by image.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    if padding > 0:
+        xp = torch.nn.functional.pad(x, (padding,) * 4)
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=generator)
+        rows = (oy + torch.arange(h, device=dev))[:, :, None]
+        cols = (ox + torch.arange(w, device=dev))[:, None, :]
+        x = xp.permute(0, 2, 3, 1)[torch.arange(n, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = torch.rand(n, device=dev, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x

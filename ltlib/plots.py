@@ -1,0 +1,253 @@
+"""Plotly figures of runs — the one place figures are drawn; the app and notebooks call these.
+
+Every function returns a ``plotly.graph_objects.Figure``; :func:`save` writes PNG, SVG or PDF
+(kaleido with a system Chrome/Chromium) and :func:`to_bytes` gives the bytes for a download.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ltlib import metrics
+from ltlib.data import class_groups
+from ltlib.runs import Run
+
+GROUP_COLOURS = {"many": "rgba(31,119,180,0.10)", "medium": "rgba(255,127,14,0.10)", "few": "rgba(214,39,40,0.10)"}
+FORMATS = ("png", "svg", "pdf")
+_kaleido_started = False
+
+
+def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", margin=dict(l=60, r=30, t=60, b=60), **kw)
+    return fig
+
+
+def _names(run: Run) -> list[str]:
+    n = len(run.eval["class_counts"]) if run.eval else len(run.meta.get("class_counts", []))
+    return run.meta.get("class_names") or [str(i) for i in range(n)]
+
+
+def _order(counts: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.asarray(counts), kind="stable")
+
+
+def _group_bands(fig: go.Figure, counts: np.ndarray, order: np.ndarray) -> None:
+    """Shade the many/medium/few groups behind a bar chart whose x order is ``order``."""
+    groups, _ = class_groups(counts)
+    position = {c: i for i, c in enumerate(order)}
+    for name, members in groups.items():
+        if members:
+            xs = [position[c] for c in members]
+            fig.add_vrect(
+                x0=min(xs) - 0.5,
+                x1=max(xs) + 0.5,
+                fillcolor=GROUP_COLOURS[name],
+                line_width=0,
+                annotation_text=name,
+                annotation_position="top left",
+                layer="below",
+            )
+
+
+def class_counts(
+    counts: np.ndarray | list[int], names: list[str], log: bool = False, title: str = "Training images per class"
+) -> go.Figure:
+    """Bar chart of training counts, head to tail, with many/medium/few bands."""
+    counts = np.asarray(counts)
+    order = _order(counts)
+    fig = go.Figure(go.Bar(x=[names[c] for c in order], y=counts[order], marker_color="#4c78a8", name="train images"))
+    _group_bands(fig, counts, order)
+    return _layout(fig, title, yaxis=dict(title="images", type="log" if log else "linear"), xaxis=dict(title="class (head → tail)"))
+
+
+def per_class_accuracy(run: Run, title: str | None = None) -> go.Figure:
+    """Per-class test accuracy, classes ordered by training count, with the count overlaid."""
+    e = run.eval
+    counts, acc, names = np.asarray(e["class_counts"]), np.asarray(e["per_class_accuracy"]), _names(run)
+    order = _order(counts)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=[names[c] for c in order], y=acc[order], name="test accuracy", marker_color="#4c78a8"))
+    fig.add_trace(
+        go.Scatter(x=[names[c] for c in order], y=counts[order], name="train images", mode="lines+markers", line=dict(color="#e45756")),
+        secondary_y=True,
+    )
+    _group_bands(fig, counts, order)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.05], secondary_y=False)
+    fig.update_yaxes(title_text="train images", type="log", secondary_y=True)
+    return _layout(fig, title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}", xaxis=dict(title="class (head → tail)"))
+
+
+def training_curves(
+    history: list[dict[str, Any]], keys: tuple[str, ...] = ("balanced_accuracy", "accuracy", "many", "medium", "few", "ece")
+) -> go.Figure:
+    """Training loss (left) and evaluation metrics (right) over epochs."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "test metrics"))
+    fig.add_trace(go.Scatter(x=[h["epoch"] for h in history], y=[h["loss"] for h in history], name="loss", mode="lines"), row=1, col=1)
+    evals = [h for h in history if "balanced_accuracy" in h]
+    for k in keys:
+        fig.add_trace(go.Scatter(x=[h["epoch"] for h in evals], y=[h[k] for h in evals], name=k, mode="lines+markers"), row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, "Training curves")
+
+
+def confusion(run: Run, normalize: bool = True) -> go.Figure:
+    """Confusion matrix (rows: true class, ordered head → tail), row-normalised."""
+    logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    cm = metrics.confusion_matrix(logits.argmax(1), labels, len(names), normalize)
+    order = _order(counts)
+    cm = cm[np.ix_(order, order)]
+    labels_sorted = [names[c] for c in order]
+    fig = go.Figure(
+        go.Heatmap(
+            z=cm,
+            x=labels_sorted,
+            y=labels_sorted,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalize else None,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.2f}<extra></extra>",
+        )
+    )
+    return _layout(
+        fig, "Confusion matrix (rows: true class)", xaxis=dict(title="predicted"), yaxis=dict(title="true", autorange="reversed")
+    )
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, title: str | None = None) -> go.Figure:
+    """Reliability diagram: accuracy vs confidence per bin, with the gap and the diagonal."""
+    b = metrics.reliability_bins(probs, labels, n_bins)
+    ece = metrics.expected_calibration_error(probs, labels, n_bins)
+    centres = (b["edges"][:-1] + b["edges"][1:]) / 2
+    keep = b["count"] > 0
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centres[keep], y=b["accuracy"][keep], width=1 / n_bins, name="accuracy", marker_color="#4c78a8"))
+    fig.add_trace(
+        go.Bar(
+            x=centres[keep],
+            y=(b["confidence"] - b["accuracy"])[keep],
+            base=b["accuracy"][keep],
+            width=1 / n_bins,
+            name="gap",
+            marker_color="rgba(228,87,86,0.45)",
+        )
+    )
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=dict(dash="dash", color="grey")))
+    return _layout(
+        fig,
+        title or f"Reliability diagram — ECE {ece:.3f}",
+        barmode="overlay",
+        xaxis=dict(title="confidence", range=[0, 1]),
+        yaxis=dict(title="accuracy", range=[0, 1]),
+    )
+
+
+def confidence_histogram(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> go.Figure:
+    """Histogram of top-label confidence, split into correct and wrong predictions."""
+    conf, hit = probs.max(1), probs.argmax(1) == labels
+    fig = go.Figure()
+    for mask, name in ((hit, "correct"), (~hit, "wrong")):
+        fig.add_trace(go.Histogram(x=conf[mask], xbins=dict(start=0, end=1, size=1 / n_bins), name=name, opacity=0.7))
+    return _layout(fig, "Confidence histogram", barmode="overlay", xaxis=dict(title="confidence"), yaxis=dict(title="test images"))
+
+
+def margins(run: Run) -> go.Figure:
+    """Distribution of logit margins (true-class logit − best other) per class, head → tail."""
+    logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    m = metrics.margins(logits, labels)
+    fig = go.Figure()
+    for c in _order(counts):
+        fig.add_trace(go.Box(y=m[labels == c], name=f"{names[c]} (n={counts[c]})", boxpoints=False, marker_color="#4c78a8"))
+    fig.add_hline(y=0, line_dash="dash", line_color="grey")
+    return _layout(fig, "Logit margins per class (head → tail)", showlegend=False, yaxis=dict(title="margin"))
+
+
+def margin_vs_count(run: Run) -> go.Figure:
+    """Mean test margin of each class against its training count (log axis)."""
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    fig = go.Figure(go.Scatter(x=counts, y=run.eval["per_class_margin"], mode="markers+text", text=names, textposition="top center"))
+    return _layout(fig, "Mean margin vs training count", xaxis=dict(title="train images", type="log"), yaxis=dict(title="mean margin"))
+
+
+def weight_norms(run: Run) -> go.Figure:
+    """L2 norm of each class's classifier weight vector, head → tail (the τ-norm story)."""
+    w = run.arrays.get("head_weight")
+    if w is None:
+        raise ValueError(f"run {run.id} saved no classifier weights")
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    order = _order(counts)
+    fig = go.Figure(go.Bar(x=[names[c] for c in order], y=np.linalg.norm(w, axis=1)[order], marker_color="#72b7b2"))
+    return _layout(fig, "Classifier weight norms (head → tail)", yaxis=dict(title="‖w_c‖"))
+
+
+def embedding(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str = "Feature embedding") -> go.Figure:
+    """2-D scatter of projected features, coloured by class."""
+    fig = go.Figure()
+    for c, name in enumerate(names):
+        sel = labels == c
+        fig.add_trace(go.Scattergl(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=name, marker=dict(size=5)))
+    return _layout(fig, title, xaxis=dict(title="1"), yaxis=dict(title="2"))
+
+
+def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Figure:
+    """Per-class accuracy of several runs side by side, classes ordered by the first run's counts."""
+    counts, names = np.asarray(runs[0].eval["class_counts"]), _names(runs[0])
+    order = _order(counts)
+    fig = go.Figure()
+    for i, r in enumerate(runs):
+        acc = np.asarray(r.eval["per_class_accuracy"])
+        fig.add_trace(go.Bar(x=[names[c] for c in order], y=acc[order], name=labels[i] if labels else r.id))
+    _group_bands(fig, counts, order)
+    return _layout(fig, "Per-class accuracy", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
+
+
+def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.Figure:
+    """Per-class accuracy of run B minus run A, head → tail."""
+    counts, names = np.asarray(run_a.eval["class_counts"]), _names(run_a)
+    order = _order(counts)
+    d = np.asarray(run_b.eval["per_class_accuracy"]) - np.asarray(run_a.eval["per_class_accuracy"])
+    fig = go.Figure(go.Bar(x=[names[c] for c in order], y=d[order], marker_color=np.where(d[order] >= 0, "#54a24b", "#e45756")))
+    _group_bands(fig, counts, order)
+    return _layout(fig, f"Per-class accuracy: {label_b} − {label_a}", yaxis=dict(title="Δ accuracy"))
+
+
+def _start_kaleido() -> None:
+    global _kaleido_started
+    if not _kaleido_started:
+        import kaleido
+
+        try:
+            kaleido.start_sync_server(silence_warnings=True)
+        except (RuntimeError, TypeError):
+            pass  # already running, or an older kaleido without the sync server
+        _kaleido_started = True
+
+
+def to_bytes(fig: go.Figure, fmt: str = "png", width: int = 900, height: int = 500, scale: float = 2.0) -> bytes:
+    """The figure as PNG, SVG or PDF bytes."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    _start_kaleido()
+    with warnings.catch_warnings():
+        # plotly passes options that kaleido's persistent server ignores, and says so each call.
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+        return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+
+
+def save(fig: go.Figure, path: str | Path, width: int = 900, height: int = 500, scale: float = 2.0) -> Path:
+    """Save a figure; the format comes from the suffix (.png, .svg, .pdf)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    data = to_bytes(fig, fmt, width, height, scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,352 @@
+"""The training loop, readable top to bottom.
+
+    config → data (long-tailed, on the device) → model → for each epoch: schedule hooks,
+    draw indices with the sampler → for each step: augment, mix, forward, loss, backward, SGD step
+    → evaluate → events to callbacks → a run folder.
+
+Speed features wrap this loop without forking it; this eager loop is the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltlib import losses, mixing, samplers, schedules
+from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
+from ltlib.metrics import evaluate, posthoc_adjust
+from ltlib.models import MODELS, NORMS, build_model
+from ltlib.runs import new_run_id, save_run
+
+
+@dataclass
+class Config:
+    """Everything that determines a run. Optimiser defaults are the LDAM-DRW CIFAR recipe
+    (Cao et al. 2019): SGD, momentum 0.9, lr 0.1, weight decay 2e-4, batch 128, 5 warm-up epochs,
+    lr ×0.1 at 80 % and ×0.01 at 90 % of training (epochs 160 and 180 of 200).
+    """
+
+    dataset: str = "digits"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    imbalance: float = 100.0
+    profile: str = "exp"
+    val_fraction: float = 0.0
+    # "auto": an MLP for features and images under 16 px, a small CNN under 32 px, else ResNet-32.
+    model: str = "auto"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    norm: str = "batchnorm"
+    loss: str = "ce"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "instance"
+    sampler_params: dict[str, Any] = field(default_factory=dict)
+    mixing: str = "none"
+    mixing_params: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "none"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    warmup_epochs: int = 5
+    # Epochs at which the lr is multiplied by lr_gamma; empty list = derive 80 % and 90 % of epochs.
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    cosine: bool = False
+    eval_every: int = 10
+    # Post-hoc logit adjustment applied to the final evaluation: z − τ·log π (0 = off).
+    posthoc_tau: float = 0.0
+    feature_samples: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def milestones(self) -> list[int]:
+        return list(self.lr_milestones) or [int(0.8 * self.epochs), int(0.9 * self.epochs)]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad value and what is allowed."""
+        DATASETS.check_params(self.dataset, self.dataset_params)
+        losses.LOSSES.check_params(self.loss, self.loss_params)
+        samplers.SAMPLERS.check_params(self.sampler, self.sampler_params)
+        mixing.MIXING.check_params(self.mixing, self.mixing_params)
+        schedules.SCHEDULES.check_params(self.schedule, self.schedule_params)
+        NORMS.get(self.norm)
+        if self.model != "auto":
+            MODELS.get(self.model)
+        checks = [
+            ("imbalance", self.imbalance >= 1, ">= 1 (1 = balanced)"),
+            ("profile", self.profile in ("exp", "step"), "exp, step"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("momentum", 0 <= self.momentum < 1, "[0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("eval_every", self.eval_every >= 1, ">= 1"),
+            ("val_fraction", 0 <= self.val_fraction < 1, "[0, 1)"),
+            ("feature_samples", self.feature_samples >= 0, ">= 0"),
+            ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "auto, cpu, cuda, cuda:N"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {allowed}")
+
+
+@dataclass
+class Event:
+    """What the loop reports: ``kind`` is start, step, epoch, eval or end."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Raised when the cancel flag is set; no run folder is written."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run is saved with status ``failed``."""
+
+
+@dataclass
+class TrainState:
+    """The live objects of a run, handed to schedule hooks."""
+
+    cfg: Config
+    data: Dataset
+    model: torch.nn.Module
+    loss: losses.Loss
+    optimizer: torch.optim.Optimizer
+    class_counts: np.ndarray
+    device: torch.device
+    generator: torch.Generator
+    epoch: int = 0
+    sampler: str = "instance"
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    run_id: str
+    path: Path | None
+    eval: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: torch.nn.Module
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} is not available on this machine; allowed: auto, cpu")
+    return torch.device(name)
+
+
+def auto_model(input_shape: tuple[int, ...]) -> str:
+    if len(input_shape) == 1 or input_shape[-1] < 16:
+        return "mlp"
+    return "cnn" if input_shape[-1] < 32 else "resnet32"
+
+
+def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
+    """Load the dataset (or take the one given) and make it long-tailed with the config's seed."""
+    base = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
+    data = make_long_tailed(base, cfg.imbalance, cfg.profile, cfg.seed, cfg.val_fraction)
+    if cfg.batch_size > len(data.y_train):
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the training set ({len(data.y_train)} images); allowed: <= {len(data.y_train)}"
+        )
+    return data
+
+
+class Inputs:
+    """Turns stored uint8 images (or float features) into normalised float batches on the device."""
+
+    def __init__(self, data: Dataset, device: torch.device) -> None:
+        x = data.x_train.float()
+        dims = (0, 2, 3) if data.is_image else (0,)
+        shape = (1, -1, 1, 1) if data.is_image else (1, -1)
+        scale = 255.0 if data.is_image else 1.0
+        self.mean = (x.mean(dims) / scale).reshape(shape).to(device)
+        self.std = (x.std(dims) / scale).clamp_min(1e-6).reshape(shape).to(device)
+        self.scale, self.data, self.device = scale, data, device
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.to(self.device).float() / self.scale
+        if generator is not None and self.data.is_image:
+            x = random_crop_flip(x, self.data.crop_padding, self.data.flip, generator)
+        return (x - self.mean) / self.std
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and penultimate features of ``x`` in large batches, model in eval mode."""
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(x), batch_size):
+        f = model.features(inputs(x[i : i + batch_size]))
+        feats.append(f.float())
+        logits.append(model.head(f).float())
+    model.train()
+    return torch.cat(logits), torch.cat(feats)
+
+
+def train(
+    cfg: Config,
+    callbacks: Iterable[Callable[[Event], None]] = (),
+    cancel: threading.Event | None = None,
+    dataset: Dataset | None = None,
+    save: bool = True,
+    root: str | Path | None = None,
+) -> Result:
+    """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``)."""
+    cfg.validate()
+    callbacks = list(callbacks)
+
+    def emit(event: Event) -> None:
+        for cb in callbacks:
+            cb(event)
+
+    started = time.time()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+
+    data = prepare_data(cfg, dataset)
+    counts = data.class_counts()
+    inputs = Inputs(data, device)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+
+    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
+    model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
+    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params).to(
+        device
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
+    mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
+    state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+
+    def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = samplers.draw_indices(y_train, class_probs, n, generator)
+        return inputs(x_train[idx], generator), y_train[idx]
+
+    n_train = len(y_train)
+    steps = math.ceil(n_train / cfg.batch_size)
+    history: list[dict[str, Any]] = []
+    emit(Event("start", 0, cfg.epochs, 0, steps, {"class_counts": counts.tolist(), "model": model_name, "device": str(device)}))
+
+    for epoch in range(cfg.epochs):
+        state.epoch = epoch
+        lr = schedules.learning_rate(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, tuple(cfg.milestones()), cfg.lr_gamma, cfg.cosine)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        schedule.on_epoch_start(epoch, state)
+
+        probs = samplers.class_probabilities(state.sampler, counts, epoch, cfg.epochs, **cfg.sampler_params)
+        order = samplers.draw_indices(y_train, probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
+        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("training was cancelled")
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x, y = inputs(x_train[idx], generator), y_train[idx]
+            x, y_a, y_b, lam = mixer(x, y, ctx)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+            if cfg.mixing == "none":
+                loss = loss_fn(logits, y)
+            else:
+                loss = (lam * loss_fn(logits, y_a, reduction="none") + (1 - lam) * loss_fn(logits, y_b, reduction="none")).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            emit(Event("step", epoch, cfg.epochs, step, steps))
+
+        # One host synchronisation per epoch: the mean loss, which also catches NaN/inf.
+        mean_loss = float(loss_sum) / steps
+        record = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "time": time.time() - started, **state.log}
+        if not math.isfinite(mean_loss):
+            message = f"loss became {mean_loss} in epoch {epoch + 1} (lr={lr:g}); try a lower --lr or another loss"
+            history.append(record)
+            if save:
+                _save(cfg, data, counts, history, model_name, device, started, root, status="failed", error=message)
+            raise TrainingDiverged(message)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            logits, _ = predict(model, inputs, data.x_test)
+            summary = evaluate(posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau), data.y_test.numpy(), counts)
+            record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
+            record["per_class_accuracy"] = summary["per_class_accuracy"]
+            emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
+        history.append(record)
+        emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
+
+    logits, feats = predict(model, inputs, data.x_test)
+    logits_np = posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau).astype(np.float32)
+    final = evaluate(logits_np, data.y_test.numpy(), counts)
+    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
+    arrays = {
+        "test_logits": logits_np,
+        "test_labels": data.y_test.numpy().astype(np.int64),
+        "features": feats.cpu().numpy()[pick].astype(np.float32),
+        "feature_index": pick.astype(np.int64),
+        "class_counts": counts.astype(np.int64),
+    }
+    weight = getattr(model.head, "weight", None)
+    if weight is not None:
+        arrays["head_weight"] = weight.detach().float().cpu().numpy()
+    path = None
+    run_id = ""
+    if save:
+        path = _save(cfg, data, counts, history, model_name, device, started, root, "finished", final=final, arrays=arrays, model=model)
+        run_id = path.name
+    emit(Event("end", cfg.epochs, cfg.epochs, steps, steps, {"run_id": run_id, **final}))
+    return Result(run_id, path, final, history, model)
+
+
+def _save(cfg, data, counts, history, model_name, device, started, root, status, error=None, final=None, arrays=None, model=None) -> Path:
+    meta = {
+        "status": status,
+        "error": error,
+        "created": time.time(),
+        "seconds": time.time() - started,
+        "device": str(device),
+        "model": model_name,
+        "class_names": data.class_names,
+        "class_counts": counts.tolist(),
+        "n_train": int(len(data.y_train)),
+        "n_test": int(len(data.y_test)),
+        "n_val": 0 if data.y_val is None else int(len(data.y_val)),
+        "torch": torch.__version__,
+    }
+    state_dict = model.state_dict() if model is not None else None
+    return save_run(new_run_id(cfg.dataset, cfg.loss), cfg.to_dict(), meta, history, final, arrays, state_dict, root)

@@ -1,0 +1,15 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test writes runs into its own folder; the dataset cache is shared across the session."""
+    monkeypatch.setenv("LTLIB_HOME", str(tmp_path / "runs"))
+    monkeypatch.setenv("LTLIB_CACHE", os.environ.get("LTLIB_TEST_CACHE", str(ROOT / ".cache")))
+    return tmp_path / "runs"
