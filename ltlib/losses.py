@@ -43,9 +43,14 @@ def effective_number_weights(class_counts: np.ndarray | list[int], beta: float) 
 
 
 class Loss(nn.Module):
-    """Base class: subclasses implement ``per_sample(logits, targets)``."""
+    """Base class: subclasses implement ``per_sample(logits, targets)``.
+
+    ``needs_features = True`` makes the training loop pass the penultimate features as
+    ``features=``; ``on_epoch_start(epoch, state)`` (optional) lets a loss change with the epoch.
+    """
 
     head: str = "linear"
+    needs_features: bool = False
 
     def __init__(self, class_counts: np.ndarray | list[int]) -> None:
         super().__init__()
@@ -68,13 +73,14 @@ class Loss(nn.Module):
     def set_class_weight(self, weight: torch.Tensor | np.ndarray) -> None:
         self.class_weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32))
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, **kw: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", **kw: Any) -> torch.Tensor:
+        """Mean loss (``reduction="mean"``) or per-sample weighted values (``"none"``); ``kw`` as documented per loss."""
         logits = logits.float()
         w = self.class_weight[targets]
-        values = w * self.per_sample(logits, targets)
+        values = w * self.per_sample(logits, targets, **kw)
         if reduction == "none":
             return values
         return values.sum() / w.sum()

@@ -33,6 +33,9 @@ class MixContext:
     epochs: int = 1
     # draw_batch(class_probabilities, n) -> (x, y): an augmented batch from the training set.
     draw_batch: Callable[[np.ndarray, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The model and loss being trained, for methods that perturb inputs with gradients (GAE).
+    model: torch.nn.Module | None = None
+    loss: torch.nn.Module | None = None
 
 
 class Mixing:

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ltlib import losses, mixing, samplers, schedules
+from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
 from ltlib.metrics import evaluate, posthoc_adjust
 from ltlib.models import MODELS, NORMS, build_model
@@ -51,6 +52,8 @@ class Config:
     mixing_params: dict[str, Any] = field(default_factory=dict)
     schedule: str = "none"
     schedule_params: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
@@ -91,6 +94,7 @@ class Config:
         samplers.SAMPLERS.check_params(self.sampler, self.sampler_params)
         mixing.MIXING.check_params(self.mixing, self.mixing_params)
         schedules.SCHEDULES.check_params(self.schedule, self.schedule_params)
+        optim.OPTIMIZERS.check_params(self.optimizer, self.optimizer_params)
         NORMS.get(self.norm)
         if self.model != "auto":
             MODELS.get(self.model)
@@ -135,7 +139,12 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainState:
-    """The live objects of a run, handed to schedule hooks."""
+    """The live objects of a run, handed to every method's ``on_epoch_start(epoch, state)`` hook.
+
+    A hook may change the method mid-run: the loss's class weights (DRW), ``sampler`` or
+    ``class_probs`` (progressive or meta-learned sampling), and it may record per-epoch values in
+    ``log`` (they are stored with the epoch's metrics, e.g. learned per-class rates).
+    """
 
     cfg: Config
     data: Dataset
@@ -147,6 +156,8 @@ class TrainState:
     generator: torch.Generator
     epoch: int = 0
     sampler: str = "instance"
+    class_probs: np.ndarray | None = None
+    inputs: Inputs | None = None
     log: dict[str, Any] = field(default_factory=dict)
 
 
@@ -216,6 +227,37 @@ def predict(model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, batch_size:
     return torch.cat(logits), torch.cat(feats)
 
 
+def batch_loss(
+    model: torch.nn.Module,
+    loss_fn: losses.Loss,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_b: torch.Tensor | None,
+    lam: torch.Tensor,
+    use_bf16: bool,
+) -> torch.Tensor:
+    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        feats = model.features(x)
+        logits = model.head(feats)
+    extra = {"features": feats.float()} if loss_fn.needs_features else {}
+    if y_b is None:
+        return loss_fn(logits, y, **extra)
+    return (lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)).mean()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One optimiser step through a closure (zero grads, loss, backward), so SAM-like optimisers fit."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = compute_loss()
+        loss.backward()
+        return loss
+
+    return optimizer.step(closure)
+
+
 def train(
     cfg: Config,
     callbacks: Iterable[Callable[[Event], None]] = (),
@@ -248,10 +290,12 @@ def train(
     model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params).to(
         device
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
-    state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler)
+    state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
+    # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,11 +312,13 @@ def train(
         lr = schedules.learning_rate(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, tuple(cfg.milestones()), cfg.lr_gamma, cfg.cosine)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        schedule.on_epoch_start(epoch, state)
+        state.class_probs = samplers.class_probabilities(state.sampler, counts, epoch, cfg.epochs, **cfg.sampler_params)
+        state.log = {}
+        for hook in hooks:
+            hook.on_epoch_start(epoch, state)
 
-        probs = samplers.class_probabilities(state.sampler, counts, epoch, cfg.epochs, **cfg.sampler_params)
-        order = samplers.draw_indices(y_train, probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
-        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch)
+        order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
+        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn)
         loss_sum = torch.zeros((), device=device)
         for step in range(steps):
             if cancel is not None and cancel.is_set():
@@ -280,15 +326,9 @@ def train(
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = inputs(x_train[idx], generator), y_train[idx]
             x, y_a, y_b, lam = mixer(x, y, ctx)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            if cfg.mixing == "none":
-                loss = loss_fn(logits, y)
-            else:
-                loss = (lam * loss_fn(logits, y_a, reduction="none") + (1 - lam) * loss_fn(logits, y_b, reduction="none")).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+
+            mixed_with = None if cfg.mixing == "none" else y_b
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
