@@ -62,3 +62,24 @@ def test_posthoc_adjustment_subtracts_tau_log_prior():
     out = metrics.posthoc_adjust(z, np.array([90, 10]), 1.0)
     np.testing.assert_allclose(out, [[-np.log(0.9), -np.log(0.1)]])
     assert out.argmax() == 1  # the tail class wins a tie once the prior is removed
+
+
+def test_pca_projection_recovers_the_main_axis_and_caches(tmp_path):
+    from ltlib.embed import project, run_embedding
+    from ltlib.presets import preset
+    from ltlib.runs import load_run
+    from ltlib.train import train
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((200, 5))
+    x[:, 3] = rng.normal(0, 10, 200)  # the dominant direction
+    x += rng.normal(0, 0.1, x.shape)
+    coords = project(x, "pca")
+    assert abs(np.corrcoef(coords[:, 0], x[:, 3])[0, 1]) > 0.999
+    run = load_run(train(preset("digits-quick", epochs=2)).run_id)
+    first, labels = run_embedding(run, "pca")
+    assert first.shape == (len(labels), 2) and (run.path / "embedding-pca.npy").exists()
+    again, _ = run_embedding(run, "pca")
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(ValueError, match="unknown projection 'lda'"):
+        run_embedding(run, "lda")

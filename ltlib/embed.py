@@ -1,0 +1,55 @@
+"""2-D projections of penultimate features: PCA (instant), UMAP and t-SNE, cached beside a run.
+
+The cache is a plain ``embedding-<method>.npy`` file in the run folder (written atomically, loaded
+with ``allow_pickle=False``), so each projection is computed once per run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+
+from ltlib.runs import Run
+
+METHODS = ("pca", "umap", "tsne")
+
+
+def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """Project ``features`` (N×D) to N×2 with PCA, UMAP (McInnes et al. 2018) or t-SNE (van der Maaten & Hinton 2008)."""
+    x = np.asarray(features, dtype=np.float32)
+    if method == "pca":
+        centred = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        coords = centred @ vt[:2].T
+        # Fix the sign of each axis so the picture does not flip between runs.
+        return (coords * np.sign(coords[np.abs(coords).argmax(axis=0), [0, 1]])).astype(np.float32)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=seed).fit_transform(x).astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return (
+            TSNE(n_components=2, init="pca", perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), random_state=seed)
+            .fit_transform(x)
+            .astype(np.float32)
+        )
+    raise ValueError(f"unknown projection {method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def run_embedding(run: Run, method: str = "pca") -> tuple[np.ndarray, np.ndarray]:
+    """Projected features of a run's saved test subset and their labels, computed once and cached."""
+    if method not in METHODS:
+        raise ValueError(f"unknown projection {method!r}; choose one of: {', '.join(METHODS)}")
+    labels = run.arrays["test_labels"][run.arrays["feature_index"]]
+    cache = run.path / f"embedding-{method}.npy"
+    if cache.exists():
+        return np.load(cache, allow_pickle=False), labels
+    coords = project(run.arrays["features"], method, seed=int(run.config.get("seed", 0)))
+    tmp = cache.with_name(f".{cache.name}.{uuid.uuid4().hex[:6]}.tmp.npy")
+    np.save(tmp, coords)
+    os.replace(tmp, cache)
+    return coords, labels
