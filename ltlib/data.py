@@ -276,7 +276,26 @@ def _decode(item: tuple[str, bytes]) -> np.ndarray:
         raise ValueError(f"corrupt image file {name!r}: {e}") from None
 
 
+def _decode_jpegs_on_gpu(items: list[tuple[str, bytes]]) -> np.ndarray | None:
+    """Batched nvJPEG decode (torchvision) when a GPU is present and every file is a JPEG; else None."""
+    if not (torch.cuda.is_available() and all(name.lower().endswith((".jpg", ".jpeg")) for name, _ in items)):
+        return None
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        chunks = []
+        for i in range(0, len(items), 4096):
+            blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for _, b in items[i : i + 4096]]
+            chunks.append(torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB, device="cuda")).cpu())
+        return torch.cat(chunks).numpy()
+    except RuntimeError:
+        return None  # a corrupt or unusual file: the PIL path below names it
+
+
 def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
+    on_gpu = _decode_jpegs_on_gpu(items)
+    if on_gpu is not None:
+        return on_gpu
     with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 2)) as pool:
         images = list(pool.map(_decode, items, chunksize=256))
     shapes = {im.shape for im in images}

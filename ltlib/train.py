@@ -23,6 +23,7 @@ import torch
 
 from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
+from ltlib.fast import GraphEpoch, unsupported_reason
 from ltlib.metrics import evaluate, posthoc_adjust
 from ltlib.models import MODELS, NORMS, build_model
 from ltlib.runs import new_run_id, save_run
@@ -72,6 +73,13 @@ class Config:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
+    # "auto": the CUDA-graph step (ltlib.fast) on a GPU when the methods allow it, else eager;
+    # "graph" forces the graph step's code (uncaptured on CPU); "eager" is the reference loop.
+    engine: str = "auto"
+    # GPU only: compile the backbone with Inductor (fused kernels; ~30 s warm-up) and keep
+    # activations channels-last, which bf16 convolutions prefer.
+    compile: bool = False
+    channels_last: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -110,6 +118,7 @@ class Config:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("val_fraction", 0 <= self.val_fraction < 1, "[0, 1)"),
             ("feature_samples", self.feature_samples >= 0, ">= 0"),
+            ("engine", self.engine in ("auto", "eager", "graph"), "auto, eager, graph"),
             ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "auto, cpu, cuda, cuda:N"),
         ]
         for name, ok, allowed in checks:
@@ -170,6 +179,23 @@ class Result:
     model: torch.nn.Module
 
 
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("training was cancelled")
+
+
+def _choose_engine(cfg: Config, loss_fn: losses.Loss, device: torch.device) -> tuple[str, str]:
+    """The engine this run uses and why (the reason is stored in the run's meta)."""
+    if cfg.engine == "eager":
+        return "eager", "asked for"
+    reason = unsupported_reason(cfg, loss_fn)
+    if reason is not None:
+        return "eager", reason
+    if cfg.engine == "auto" and device.type != "cuda":
+        return "eager", "no CUDA device (graphs only pay off on a GPU)"
+    return "graph", "CUDA graph" if device.type == "cuda" else "graph step, uncaptured on CPU"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,12 +232,14 @@ class Inputs:
         self.mean = (x.mean(dims) / scale).reshape(shape).to(device)
         self.std = (x.std(dims) / scale).clamp_min(1e-6).reshape(shape).to(device)
         self.scale, self.data, self.device = scale, data, device
+        self.channels_last = False
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.to(self.device).float() / self.scale
         if generator is not None and self.data.is_image:
             x = random_crop_flip(x, self.data.crop_padding, self.data.flip, generator)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @torch.no_grad()
@@ -237,7 +265,8 @@ def batch_loss(
     use_bf16: bool,
 ) -> torch.Tensor:
     """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+    # No autocast weight cache: it would hold tensors across CUDA-graph replays.
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
         logits = model.head(feats)
     extra = {"features": feats.float()} if loss_fn.needs_features else {}
@@ -287,9 +316,15 @@ def train(
 
     loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
     model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params).to(
-        device
-    )
+    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels for these fixed shapes
+        if data.is_image and cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            inputs.channels_last = True
+        if cfg.compile:
+            model.backbone.compile()
     optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
@@ -304,8 +339,18 @@ def train(
 
     n_train = len(y_train)
     steps = math.ceil(n_train / cfg.batch_size)
+    engine, engine_note = _choose_engine(cfg, loss_fn, device)
+    fast_epoch = None
+    setup_started = time.time()
+    if engine == "graph":
+        fast_epoch = GraphEpoch(
+            model, loss_fn, inputs, x_train, y_train, cfg.batch_size, generator, cfg, use_bf16, capture=device.type == "cuda"
+        )
     history: list[dict[str, Any]] = []
-    emit(Event("start", 0, cfg.epochs, 0, steps, {"class_counts": counts.tolist(), "model": model_name, "device": str(device)}))
+    info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
+    # Graph capture (and compilation, if asked for) happens once, before the first epoch.
+    info["setup_seconds"] = time.time() - setup_started
+    emit(Event("start", 0, cfg.epochs, 0, steps, info))
 
     for epoch in range(cfg.epochs):
         state.epoch = epoch
@@ -319,10 +364,13 @@ def train(
 
         order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
         ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn)
-        loss_sum = torch.zeros((), device=device)
-        for step in range(steps):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("training was cancelled")
+        loss_sum = fast_epoch.loss_sum if fast_epoch is not None else torch.zeros((), device=device)
+        loss_sum.zero_()
+        if fast_epoch is not None:  # the whole epoch in one replay (ltlib.fast); same steps as below
+            _check_cancel(cancel)
+            fast_epoch(order, lr)
+        for step in range(0 if fast_epoch is not None else steps):
+            _check_cancel(cancel)
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = inputs(x_train[idx], generator), y_train[idx]
             x, y_a, y_b, lam = mixer(x, y, ctx)
@@ -339,7 +387,7 @@ def train(
             message = f"loss became {mean_loss} in epoch {epoch + 1} (lr={lr:g}); try a lower --lr or another loss"
             history.append(record)
             if save:
-                _save(cfg, data, counts, history, model_name, device, started, root, status="failed", error=message)
+                _save(cfg, data, counts, history, info, started, root, status="failed", error=message)
             raise TrainingDiverged(message)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             logits, _ = predict(model, inputs, data.x_test)
@@ -367,22 +415,20 @@ def train(
     path = None
     run_id = ""
     if save:
-        path = _save(cfg, data, counts, history, model_name, device, started, root, "finished", final=final, arrays=arrays, model=model)
+        path = _save(cfg, data, counts, history, info, started, root, "finished", final=final, arrays=arrays, model=model)
         run_id = path.name
     emit(Event("end", cfg.epochs, cfg.epochs, steps, steps, {"run_id": run_id, **final}))
     return Result(run_id, path, final, history, model)
 
 
-def _save(cfg, data, counts, history, model_name, device, started, root, status, error=None, final=None, arrays=None, model=None) -> Path:
+def _save(cfg, data, counts, history, info, started, root, status, error=None, final=None, arrays=None, model=None) -> Path:
     meta = {
+        **info,
         "status": status,
         "error": error,
         "created": time.time(),
         "seconds": time.time() - started,
-        "device": str(device),
-        "model": model_name,
         "class_names": data.class_names,
-        "class_counts": counts.tolist(),
         "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)),
         "n_val": 0 if data.y_val is None else int(len(data.y_val)),
