@@ -24,6 +24,10 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
     if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
+    from ltlib.schedules import SCHEDULES
+
+    if getattr(SCHEDULES.get(cfg.schedule).obj, "changes_model", False):
+        return f"schedule {cfg.schedule!r} changes the trained parameters mid-run; the graph is captured once"
     return None
 
 

@@ -38,9 +38,14 @@ class CosineHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, scale: float = 1.0) -> None:
         super().__init__()
         # Same initialisation as the official NormedLinear: uniform, then unit-norm columns.
-        w = torch.empty(num_classes, in_features).uniform_(-1, 1)
-        self.weight = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.scale = scale
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
@@ -65,10 +70,34 @@ class Classifier(nn.Module):
         self.head = HEADS.build(head, feature_dim, num_classes) if isinstance(head, str) else head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return self.backbone(x)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    backbone_frozen: bool = False
+    backbone_eval: bool = False
+
+    def freeze_backbone(self, freeze_norm_stats: bool = True) -> None:
+        """Stop training the backbone: no gradients; with ``freeze_norm_stats`` its norm layers also keep
+        their running statistics (``train()`` then leaves the backbone in eval mode, so batch norm
+        normalises with, and never updates, its running mean and variance).
+
+        Two-stage methods (cRT, LWS, MARC) call this when stage 2 starts.
+        """
+        self.backbone.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone_eval = freeze_norm_stats
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.backbone_eval:
+            self.backbone.eval()
+        return self
 
 
 @MODELS.register("mlp", paper="multi-layer perceptron")

@@ -361,6 +361,7 @@ def train(
         state.log = {}
         for hook in hooks:
             hook.on_epoch_start(epoch, state)
+        lr = optimizer.param_groups[0]["lr"]  # a hook may set it (two-stage schemes restart the lr)
 
         order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
         ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn)

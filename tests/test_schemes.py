@@ -1,0 +1,103 @@
+"""Training schemes: decoupled two-stage schedules (cRT, LWS, MARC), BalPoE, BBN, compound batch norm."""
+
+import pytest
+import torch
+
+from ltlib import schedules
+from ltlib.presets import preset
+from ltlib.train import train
+
+
+def quick(**kw):
+    return preset("digits-quick", **{"epochs": 4, **kw})
+
+
+def stage1_snapshot(monkeypatch, cls):
+    """Record the model's state when stage 2 starts (the backbone is frozen, nothing trained yet)."""
+    snap: dict[str, torch.Tensor] = {}
+    original = cls.stage2_parameters
+
+    def spy(self, model):
+        snap.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(self, model)
+
+    monkeypatch.setattr(cls, "stage2_parameters", spy)
+    return snap
+
+
+def test_crt_freezes_backbone_and_its_batchnorm_statistics(monkeypatch):
+    snap = stage1_snapshot(monkeypatch, schedules.ClassifierRetraining)
+    result = train(quick(model="cnn", schedule="crt", schedule_params={"start_epoch": 2}), save=False)
+    after = result.model.state_dict()
+    backbone = [k for k in snap if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)
+    for k in backbone:
+        assert torch.equal(after[k], snap[k]), k
+    assert not torch.equal(after["head.weight"], snap["head.weight"])  # re-initialised and re-trained
+    assert [h.get("stage") for h in result.history] == [None, None, 2, 2]
+    # Stage 2 restarts a cosine lr at the base lr: 0.05 then 0.05·(1 + cos(π/2))/2.
+    assert [h["lr"] for h in result.history[2:]] == pytest.approx([0.05, 0.025])
+
+
+def test_crt_can_leave_batchnorm_statistics_adapting_as_the_official_code_does(monkeypatch):
+    snap = stage1_snapshot(monkeypatch, schedules.ClassifierRetraining)
+    cfg = quick(model="cnn", schedule="crt", schedule_params={"start_epoch": 2, "freeze_norm_stats": False})
+    after = train(cfg, save=False).model.state_dict()
+    assert torch.equal(after["backbone.0.weight"], snap["backbone.0.weight"])
+    assert not torch.equal(after["backbone.1.running_mean"], snap["backbone.1.running_mean"])
+
+
+@pytest.mark.parametrize(
+    "name, cls, trained",
+    [
+        ("lws", schedules.LearnableWeightScaling, {"head.scales"}),
+        ("marc", schedules.MarginCalibration, {"head.omega", "head.beta"}),
+    ],
+)
+def test_lws_and_marc_train_only_their_calibration_parameters(monkeypatch, name, cls, trained):
+    snap = stage1_snapshot(monkeypatch, cls)
+    result = train(quick(model="cnn", schedule=name, schedule_params={"start_epoch": 2}), save=False)
+    after = result.model.state_dict()
+    for k, v in snap.items():
+        k2 = k.replace("head.", "head.inner.")
+        assert torch.equal(after[k2 if k.startswith("head.") else k], v), k
+    changed = {k for k in after if k not in snap and not k.startswith("head.inner.")}
+    assert changed == trained
+    start = {"head.scales": 1.0, "head.omega": 1.0, "head.beta": 0.0}
+    for k in trained:
+        assert not torch.allclose(after[k], torch.full_like(after[k], start[k])), k
+
+
+def test_marc_logits_follow_the_formula():
+    head = torch.nn.Linear(3, 2)
+    marc = schedules.MarginCalibratedHead(head, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]))
+        head.bias.zero_()
+        marc.omega.copy_(torch.tensor([2.0, 0.5]))
+        marc.beta.copy_(torch.tensor([1.0, -1.0]))
+    f = torch.tensor([[1.0, 1.0, 1.0]])
+    # z = (7, 2); z' = (2·7 + 1·5, 0.5·2 − 1·2)
+    assert marc(f).tolist() == [[19.0, -1.0]]
+    lws = schedules.ScaledHead(head, 2)
+    with torch.no_grad():
+        lws.scales.copy_(torch.tensor([2.0, 3.0]))
+    assert lws(f).tolist() == [[14.0, 6.0]]
+    assert lws.weight[1].tolist() == [0.0, 0.0, 6.0]
+
+
+@pytest.mark.parametrize(
+    "kw, match", [(dict(start_epoch=4), r"start_epoch=4 is out of range; allowed: \[1, 3\]"), (dict(start_epoch=0), "start_epoch=0")]
+)
+def test_two_stage_rejects_bad_start(kw, match):
+    with pytest.raises(ValueError, match=match):
+        schedules.build("crt", 4, **kw)
+
+
+def test_two_stage_schedules_fall_back_to_eager_with_a_reason():
+    from ltlib.fast import unsupported_reason
+    from ltlib.losses import build
+
+    reason = unsupported_reason(quick(schedule="lws"), build("ce", [3, 2]))
+    assert "lws" in reason and "mid-run" in reason
+    assert unsupported_reason(quick(schedule="drw"), build("ce", [3, 2])) is None
