@@ -51,6 +51,36 @@ class CosineHead(nn.Module):
         return self.scale * F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
 
 
+@HEADS.register("experts", paper="Sanchez Aimar, Jonnarth, Felsberg & Kuhlmann, Balanced Product of Calibrated Experts, CVPR 2023")
+class ExpertsHead(nn.Module):
+    """K expert classifiers on shared features; in training the stacked expert logits, at test their mean.
+
+    Training mode returns shape (B, K, C) so a loss can treat each expert separately (BalPoE asks for
+    this head); eval mode returns the product of experts' logits, the mean over experts, (B, C).
+    Each expert is a cosine classifier with scale s (``normed``, as the official CIFAR configs) or linear.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_experts: int = 3, normed: bool = True, scale: float = 30.0) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts={num_experts} is out of range; allowed: >= 1")
+        self.experts = nn.ModuleList(
+            CosineHead(in_features, num_classes, scale) if normed else LinearHead(in_features, num_classes) for _ in range(num_experts)
+        )
+
+    def expert_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits of every expert, shape (B, K, C)."""
+        return torch.stack([e(f) for e in self.experts], dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.expert_logits(f)
+        return z if self.training else z.mean(dim=1)
+
+    def test_arrays(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Arrays saved with a run: each expert's test logits, (K, N, C)."""
+        return {"test_expert_logits": self.expert_logits(f).transpose(0, 1)}
+
+
 @NORMS.register("batchnorm", paper="Ioffe & Szegedy, ICML 2015")
 def batchnorm(channels: int) -> nn.Module:
     """Standard batch normalisation."""

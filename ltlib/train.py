@@ -410,6 +410,10 @@ def train(
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
+    head_arrays = getattr(model.head, "test_arrays", None)  # e.g. each expert's test logits (BalPoE)
+    if head_arrays is not None:
+        with torch.no_grad():
+            arrays.update({k: v.float().cpu().numpy() for k, v in head_arrays(feats).items()})
     weight = getattr(model.head, "weight", None)
     if weight is not None:
         arrays["head_weight"] = weight.detach().float().cpu().numpy()

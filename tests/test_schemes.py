@@ -101,3 +101,57 @@ def test_two_stage_schedules_fall_back_to_eager_with_a_reason():
     reason = unsupported_reason(quick(schedule="lws"), build("ce", [3, 2]))
     assert "lws" in reason and "mid-run" in reason
     assert unsupported_reason(quick(schedule="drw"), build("ce", [3, 2])) is None
+
+
+def test_balpoe_loss_is_the_mean_of_logit_adjusted_expert_losses():
+    from ltlib.losses import build
+
+    counts = [6, 3, 1]
+    loss = build("balpoe", counts)  # λ = (1, 0, −1): biases 0, log π, 2·log π
+    log_pi = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    z = torch.zeros(1, 3, 3)
+    # Expert 0: CE(0) = log 3; expert 1: −log softmax(log π)_y = −log π_y; expert 2: −log(π_y² / Σ π²).
+    y = 2
+    expected = (torch.log(torch.tensor(3.0)) - log_pi[y] - (2 * log_pi[y] - torch.logsumexp(2 * log_pi, 0))) / 3
+    assert loss(z, torch.tensor([y])).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("lambdas, target_exponent", [((1.0, 0.0, -1.0), 0.0), ((1.0, 0.0), 0.5), ((1.0,), 1.0)])
+def test_balpoe_combined_bias_targets_the_prior_power_mean_lambda(lambdas, target_exponent):
+    """Trained on labels drawn from π with no input signal, expert k's optimum is z_k = λ_k·log π + c:
+    the gradient of the expected loss vanishes there, and the experts' mean is λ̄·log π (balanced for λ̄ = 0)."""
+    from ltlib.losses import build
+    from ltlib.models import ExpertsHead
+
+    counts = torch.tensor([6.0, 3.0, 1.0])
+    log_pi = torch.log(counts / counts.sum())
+    loss = build("balpoe", counts.numpy(), lambdas=lambdas)
+    z = torch.stack([lam * log_pi for lam in lambdas]).requires_grad_(True)  # (K, C), one input
+    per_label = loss(z[None].expand(3, -1, -1), torch.arange(3), reduction="none")  # sample i has label i
+    (per_label * counts / counts.sum()).sum().backward()  # expectation over y ~ π
+    assert z.grad.abs().max().item() < 1e-6
+    head = ExpertsHead(4, 3, num_experts=len(lambdas)).eval()
+    combined = z.detach().mean(0)
+    assert torch.allclose(combined - combined.mean(), target_exponent * (log_pi - log_pi.mean()), atol=1e-6)
+    assert head(torch.randn(5, 4)).shape == (5, 3) and head.train()(torch.randn(5, 4)).shape == (5, len(lambdas), 3)
+
+
+def test_balpoe_saves_expert_logits_and_their_per_class_accuracy(isolated_home):
+    from ltlib.metrics import expert_per_class_accuracy, per_class_accuracy
+    from ltlib.runs import load_run
+
+    result = train(quick(loss="balpoe", mixing="mixup", epochs=2))
+    arrays = load_run(result.run_id).arrays
+    experts, labels = arrays["test_expert_logits"], arrays["test_labels"]
+    assert experts.shape == (3, len(labels), 10)
+    assert arrays["test_logits"] == pytest.approx(experts.mean(0), abs=1e-4)
+    acc = expert_per_class_accuracy(experts, labels)
+    assert acc.shape == (3, 10)
+    assert acc[1] == pytest.approx(per_class_accuracy(experts[1].argmax(1), labels, 10), nan_ok=True)
+
+
+def test_balpoe_rejects_plain_logits():
+    from ltlib.losses import build
+
+    with pytest.raises(ValueError, match="experts head"):
+        build("balpoe", [3, 2])(torch.zeros(2, 2), torch.tensor([0, 1]))
