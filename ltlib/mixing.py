@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltlib.models import cumulative_alpha
 from ltlib.registry import Registry, check_range
+from ltlib.samplers import power_law
 
 MIXING = Registry("mixing", fixed=("class_counts",))
 
@@ -80,3 +82,22 @@ class Mixup(Mixing):
         lam = sample_beta(self.alpha, ctx.generator, x.device)
         perm = torch.randperm(len(y), generator=ctx.generator, device=x.device)
         return lam * x + (1 - lam) * x[perm], y, y[perm], lam.expand(len(y))
+
+
+@MIXING.register(
+    "bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020", needs=("bbn model",)
+)
+class BilateralSampling(Mixing):
+    """BBN's input pairing: the batch feeds the conventional branch, a reversed-sampler batch the re-balancing branch.
+
+    The reversed batch is drawn with p_c ∝ 1/n_c (the official w_c = n_max/n_c, normalised) via
+    ``ctx.draw_batch``; the pair goes to ``--model bbn`` as one (B, 2, …) tensor and the loss is
+    α·ℓ(z, y_c) + (1 − α)·ℓ(z, y_r) with the cumulative-learning α = 1 − (t/T)² of the epoch.
+    """
+
+    def __call__(self, x, y, ctx):
+        if not getattr(ctx.model, "bilateral", False):
+            raise ValueError("mixing 'bbn' feeds the two branches of a BBN model; use it with --model bbn")
+        x_r, y_r = ctx.draw_batch(power_law(self.class_counts.astype(np.float64), -1.0), len(y))
+        lam = torch.full((len(y),), cumulative_alpha(ctx.epoch, ctx.epochs), device=x.device)
+        return torch.stack([x, x_r], dim=1), y, y_r, lam

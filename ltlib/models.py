@@ -7,6 +7,7 @@ cosine-normalised), so ``model(x) == model.head(model.features(x))``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,104 @@ def _resnet(depth: int):
 
 for _depth in (8, 20, 32):
     MODELS.register(f"resnet{_depth}", paper="He, Zhang, Ren & Sun, Deep Residual Learning, CVPR 2016")(_resnet(_depth))
+
+
+def auto_model(input_shape: tuple[int, ...]) -> str:
+    """The model ``"auto"`` picks: an MLP for features and images under 16 px, a small CNN under 32 px, else ResNet-32."""
+    if len(input_shape) == 1 or input_shape[-1] < 16:
+        return "mlp"
+    return "cnn" if input_shape[-1] < 32 else "resnet32"
+
+
+def cumulative_alpha(epoch: int, epochs: int) -> float:
+    """BBN's cumulative-learning weight of the conventional branch, α = 1 − (t/T)², t the 0-based epoch.
+
+    The official code writes 1 − ((epoch − 1)/T)² with 1-based epochs (and T = 100/200 for 90/180-epoch runs).
+    """
+    return 1.0 - (epoch / epochs) ** 2
+
+
+def _split_backbone(backbone: nn.Module, branch_layers: int) -> tuple[nn.Module, nn.Module]:
+    """Split a backbone into a shared trunk and its last ``branch_layers`` residual blocks (ResNets) or
+    weight layers (MLP/CNN, with what follows them), returned as (trunk, branch)."""
+    if isinstance(backbone, CifarResNet):
+        blocks = list(backbone.blocks)
+        if not 1 <= branch_layers < len(blocks):
+            raise ValueError(f"branch_layers={branch_layers} is out of range; allowed: [1, {len(blocks) - 1}] for this ResNet")
+        trunk = nn.Sequential(backbone.conv, backbone.bn, nn.ReLU(), *blocks[:-branch_layers])
+        return trunk, nn.Sequential(*blocks[-branch_layers:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if isinstance(backbone, nn.Sequential):
+        layers = list(backbone)
+        weighted = [i for i, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if not 1 <= branch_layers < len(weighted):
+            raise ValueError(f"branch_layers={branch_layers} is out of range; allowed: [1, {len(weighted) - 1}] for this model")
+        cut = weighted[-branch_layers]
+        return nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
+    raise ValueError(f"cannot split a {type(backbone).__name__} into BBN branches; use an mlp, cnn or resnet backbone")
+
+
+class BilateralBackbone(nn.Module):
+    """BBN's feature extractor: a shared trunk, then a conventional and a re-balancing branch.
+
+    Training input is a pair batch (B, 2, …) from the ``bbn`` mixing: item 0 goes through the
+    conventional branch, item 1 through the re-balancing branch, and the features are
+    2·[α·f_c, (1 − α)·f_r], so a linear head gives 2·(α·W_c f_c + (1 − α)·W_r f_r). At test both branches
+    see the same image with α = ½, i.e. W_c f_c + W_r f_r (the official code's factor 2 keeps the
+    training and test logit scales equal).
+    """
+
+    def __init__(self, trunk: nn.Module, conventional: nn.Module, rebalancing: nn.Module, input_ndim: int) -> None:
+        super().__init__()
+        self.trunk, self.conventional, self.rebalancing = trunk, conventional, rebalancing
+        self.input_ndim = input_ndim
+        self.alpha = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == self.input_ndim + 2:
+            f_c, f_r = self.conventional(self.trunk(x[:, 0])), self.rebalancing(self.trunk(x[:, 1]))
+            alpha = self.alpha
+        elif self.training:
+            raise ValueError("model 'bbn' trains on pairs of batches; use it with --mixing bbn")
+        else:
+            h = self.trunk(x)
+            f_c, f_r, alpha = self.conventional(h), self.rebalancing(h), 0.5
+        return 2 * torch.cat([alpha * f_c, (1 - alpha) * f_r], dim=1)
+
+
+class BBNClassifier(Classifier):
+    """A :class:`Classifier` whose bilateral backbone follows BBN's cumulative-learning α over epochs."""
+
+    bilateral = True
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        self.backbone.alpha = cumulative_alpha(epoch, state.cfg.epochs)
+        state.log["bbn_alpha"] = self.backbone.alpha
+
+
+@MODELS.register("bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020")
+def bbn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    head: str = "linear",
+    norm: str = "batchnorm",
+    backbone: str = "auto",
+    branch_layers: int = 1,
+) -> Classifier:
+    """BBN: two branches sharing early layers, mixed by cumulative learning α = 1 − (t/T)²; train with ``--mixing bbn``.
+
+    ``backbone`` is any mlp/cnn/resnet model ("auto" as for ``--model auto``); each branch owns its last
+    ``branch_layers`` residual blocks (ResNets) or weight layers (MLP/CNN): 1 as in the paper ("all
+    weights shared except the last residual block"). The two branches are initialised independently.
+    The classifier sees the concatenated features (one linear layer on [f_c, f_r], as the official code).
+    """
+    name = auto_model(input_shape) if backbone == "auto" else backbone
+    if name == "bbn":
+        raise ValueError("backbone='bbn' is not allowed; choose an mlp, cnn or resnet backbone")
+    first, second = (MODELS.build(name, input_shape, num_classes, head="linear", norm=norm) for _ in range(2))
+    trunk, conventional = _split_backbone(first.backbone, branch_layers)
+    _, rebalancing = _split_backbone(second.backbone, branch_layers)
+    features = BilateralBackbone(trunk, conventional, rebalancing, len(input_shape))
+    return BBNClassifier(features, 2 * first.feature_dim, num_classes, head)
 
 
 def build_model(

@@ -25,7 +25,7 @@ from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
 from ltlib.fast import GraphEpoch, unsupported_reason
 from ltlib.metrics import evaluate, posthoc_adjust
-from ltlib.models import MODELS, NORMS, build_model
+from ltlib.models import MODELS, NORMS, auto_model, build_model
 from ltlib.runs import new_run_id, save_run
 
 
@@ -204,12 +204,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def auto_model(input_shape: tuple[int, ...]) -> str:
-    if len(input_shape) == 1 or input_shape[-1] < 16:
-        return "mlp"
-    return "cnn" if input_shape[-1] < 32 else "resnet32"
-
-
 def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     """Load the dataset (or take the one given) and make it long-tailed with the config's seed."""
     base = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
@@ -330,7 +324,7 @@ def train(
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
     state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
-    hooks = [h for h in (schedule, loss_fn, mixer, optimizer) if hasattr(h, "on_epoch_start")]
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, model) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,3 +155,50 @@ def test_balpoe_rejects_plain_logits():
 
     with pytest.raises(ValueError, match="experts head"):
         build("balpoe", [3, 2])(torch.zeros(2, 2), torch.tensor([0, 1]))
+
+
+def test_bbn_cumulative_alpha_is_one_minus_squared_progress():
+    from ltlib.models import cumulative_alpha
+
+    assert [cumulative_alpha(t, 10) for t in (0, 5, 9)] == pytest.approx([1.0, 0.75, 0.19])
+
+
+def test_bbn_backbone_mixes_branches_with_alpha_in_training_and_halves_at_test():
+    from ltlib.models import BilateralBackbone
+
+    conventional, rebalancing = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        conventional.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        rebalancing.weight.copy_(torch.tensor([[0.0, 1.0]]))
+    net = BilateralBackbone(torch.nn.Identity(), conventional, rebalancing, input_ndim=1)
+    net.alpha = 0.75
+    pair = torch.tensor([[[2.0, 3.0], [5.0, 7.0]]])  # (B=1, 2, D=2): conventional input, re-balancing input
+    assert net(pair).tolist() == [[2 * 0.75 * 2.0, 2 * 0.25 * 7.0]]
+    with pytest.raises(ValueError, match="--mixing bbn"):
+        net(pair[:, 0])
+    net.eval()
+    assert net(torch.tensor([[2.0, 3.0]])).tolist() == [[2.0, 3.0]]  # 2·(½·f_c, ½·f_r)
+
+
+def test_bbn_mixing_pairs_the_batch_with_a_reversed_sampler_batch():
+    from ltlib import mixing, samplers
+    from ltlib.models import build_model
+
+    counts = [90, 10]
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    g = torch.Generator().manual_seed(0)
+
+    def draw_batch(p, n):
+        idx = samplers.draw_indices(labels, p, n, g)
+        return labels[idx].float()[:, None].repeat(1, 4), labels[idx]
+
+    model = build_model("bbn", (4,), 2)
+    ctx = mixing.MixContext(counts, g, epoch=3, epochs=10, draw_batch=draw_batch, model=model)
+    x, y = torch.zeros(2000, 4), torch.zeros(2000, dtype=torch.long)
+    xp, y_a, y_b, lam = mixing.build("bbn", counts)(x, y, ctx)
+    assert xp.shape == (2000, 2, 4) and torch.equal(xp[:, 0], x) and torch.equal(y_a, y)
+    assert y_b.float().mean().item() == pytest.approx(0.9, abs=0.03)  # p ∝ 1/n: (1/10) / (1/90 + 1/10)
+    assert torch.allclose(lam, torch.full((2000,), 1 - 0.3**2))
+    ctx.model = build_model("mlp", (4,), 2)
+    with pytest.raises(ValueError, match="--model bbn"):
+        mixing.build("bbn", counts)(x, y, ctx)
