@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.registry import Registry
+from ltlib.registry import Registry, check_range
 
 MODELS = Registry("model", fixed=("input_shape", "num_classes", "head", "norm"))
 HEADS = Registry("head", fixed=("in_features", "num_classes"))
@@ -86,6 +86,84 @@ class ExpertsHead(nn.Module):
 def batchnorm(channels: int) -> nn.Module:
     """Standard batch normalisation."""
     return nn.BatchNorm2d(channels)
+
+
+@NORMS.register(
+    "compound_bn", paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022"
+)
+class CompoundBatchNorm(nn.Module):
+    """Compound batch norm: a K-component Gaussian mixture of feature statistics, fitted by moving-average EM.
+
+    Each feature vector x (a pixel's C channels, or a sample's features) gets responsibilities
+    r_k ∝ π_k·N(x; μ_k, diag σ²_k) under the running mixture (E-step), and is normalised as
+    x̂ = Σ_k r_k·(x − μ_k)/√(σ²_k + ε), then scaled and shifted per channel (γ, β) as in batch norm.
+    In training, μ_k and σ²_k are the batch's responsibility-weighted statistics (the M-step, with
+    gradients, as batch norm uses batch statistics), and the running mixture moves towards them:
+    θ ← (1 − m)·θ + m·θ_batch for means, variances and weights π (m = 0.1, batch norm's momentum).
+    At test the running mixture is used. EM needs distinct starts: the components start at K mutually
+    far feature vectors of the first training batch (greedy farthest points), with the batch variance
+    and π_k = 1/K.
+    K = 1 is batch norm (biased batch variance). K defaults to 3: the paper's default could not be
+    checked here (no official code was found), so treat it as a tunable choice.
+    """
+
+    def __init__(self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"components={components} is out of range; allowed: >= 1")
+        check_range("momentum", momentum, 0.0, 1.0, closed_high=True)
+        self.components, self.momentum, self.eps = components, momentum, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_means", torch.zeros(components, channels))
+        self.register_buffer("running_vars", torch.ones(components, channels))
+        self.register_buffer("running_priors", torch.full((components,), 1.0 / components))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """E-step: (N, K) posterior of each component for rows of x (N, C), under the running mixture."""
+        var = self.running_vars + self.eps
+        sq = ((x[:, None, :] - self.running_means[None]) ** 2 / var[None]).sum(-1)
+        log_p = self.running_priors.clamp_min(1e-12).log()[None] - 0.5 * (sq + var.log().sum(-1)[None])
+        return torch.softmax(log_p, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.movedim(1, -1).reshape(-1, shape[1]).float()  # (N, C): one feature vector per pixel/sample
+        if self.training:
+            if not self._ready:  # one host check per layer, then a Python flag
+                if not bool(self.initialized):
+                    self._initialize(rows.detach())
+                self._ready = True
+            r = self.responsibilities(rows.detach())
+            mass = r.sum(0).clamp_min(1e-6)  # (K,)
+            means = (r.T @ rows) / mass[:, None]
+            variances = (r.T @ rows.pow(2)) / mass[:, None] - means.pow(2)
+            variances = variances.clamp_min(0.0)
+            with torch.no_grad():
+                m = self.momentum
+                self.running_means.lerp_(means.detach(), m)
+                self.running_vars.lerp_(variances.detach(), m)
+                self.running_priors.lerp_(mass / mass.sum(), m)
+        else:
+            r = self.responsibilities(rows)
+            means, variances = self.running_means, self.running_vars
+        normalized = torch.einsum("nk,nkc->nc", r, (rows[:, None, :] - means[None]) / (variances[None] + self.eps).sqrt())
+        out = normalized * self.weight + self.bias
+        return out.reshape(*shape[:1], *shape[2:], shape[1]).movedim(-1, 1).to(x.dtype)
+
+    @torch.no_grad()
+    def _initialize(self, rows: torch.Tensor) -> None:
+        # Greedy farthest-point starts: the batch mean's farthest vector, then each next one farthest from those chosen.
+        chosen = [rows.mean(0)]
+        for _ in range(self.components):
+            dist = torch.cdist(rows, torch.stack(chosen)).min(dim=1).values
+            chosen.append(rows[dist.argmax()])
+        self.running_means.copy_(torch.stack(chosen[1:]) if self.components > 1 else rows.mean(0, keepdim=True))
+        self.running_vars.copy_(rows.var(0, unbiased=False).expand_as(self.running_vars))
+        self.running_priors.fill_(1.0 / self.components)
+        self.initialized.fill_(True)
 
 
 class Classifier(nn.Module):

@@ -202,3 +202,32 @@ def test_bbn_mixing_pairs_the_batch_with_a_reversed_sampler_batch():
     ctx.model = build_model("mlp", (4,), 2)
     with pytest.raises(ValueError, match="--model bbn"):
         mixing.build("bbn", counts)(x, y, ctx)
+
+
+def test_compound_bn_with_one_component_is_batch_norm():
+    from ltlib.models import CompoundBatchNorm
+
+    x = torch.randn(16, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    bn, cbn = torch.nn.BatchNorm2d(4), CompoundBatchNorm(4, components=1)
+    assert torch.allclose(cbn(x), bn(x), atol=1e-5)
+    assert torch.allclose(cbn.running_means[0], bn.running_mean, atol=1e-6)
+
+
+def test_compound_bn_em_recovers_two_clusters():
+    """Features from two Gaussian clusters (64 at (−3, 1), 32 at (3, −1), std 0.5): moving-average EM
+    finds both means, their variances 0.25 and the mixture weights ⅔ / ⅓."""
+    from ltlib.models import CompoundBatchNorm
+
+    cbn = CompoundBatchNorm(2, components=2, momentum=0.5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        a = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([-3.0, 1.0])
+        b = torch.randn(32, 2, generator=g) * 0.5 + torch.tensor([3.0, -1.0])
+        cbn(torch.cat([a, b]))
+    order = cbn.running_means[:, 0].argsort()
+    assert cbn.running_means[order].tolist() == [pytest.approx([-3.0, 1.0], abs=0.1), pytest.approx([3.0, -1.0], abs=0.1)]
+    assert cbn.running_vars.flatten().tolist() == pytest.approx([0.25] * 4, abs=0.08)
+    assert cbn.running_priors[order].tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-3)
+    # At test each point is normalised by its own cluster: the cluster centres map to ≈ 0.
+    cbn.eval()
+    assert cbn(torch.tensor([[-3.0, 1.0], [3.0, -1.0]])).abs().max().item() < 0.3
