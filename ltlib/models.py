@@ -7,6 +7,8 @@ cosine-normalised), so ``model(x) == model.head(model.features(x))``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,6 +20,8 @@ from ltlib.registry import Registry, check_range
 MODELS = Registry("model", fixed=("input_shape", "num_classes", "head", "norm"))
 HEADS = Registry("head", fixed=("in_features", "num_classes"))
 NORMS = Registry("norm layer", fixed=("channels",))
+# What a model's ``norm`` argument may be: a NORMS name, or a factory channels -> layer.
+Norm = str | Callable[[int], nn.Module]
 
 
 @HEADS.register("linear", paper="the usual fully-connected classifier")
@@ -166,6 +170,11 @@ class CompoundBatchNorm(nn.Module):
         self.initialized.fill_(True)
 
 
+def make_norm(norm: Norm, channels: int) -> nn.Module:
+    """A norm layer for ``channels``: a NORMS name, or a factory (``build_model`` binds ``norm_params``)."""
+    return norm(channels) if callable(norm) else NORMS.build(norm, channels)
+
+
 class Classifier(nn.Module):
     """A backbone producing features plus a head producing logits."""
 
@@ -211,7 +220,7 @@ class Classifier(nn.Module):
 
 @MODELS.register("mlp", paper="multi-layer perceptron")
 def mlp(
-    input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm", hidden: int = 128, depth: int = 2
+    input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", hidden: int = 128, depth: int = 2
 ) -> Classifier:
     """Multi-layer perceptron on flattened inputs (features, or small images such as digits)."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -223,16 +232,16 @@ def mlp(
 
 
 @MODELS.register("cnn", paper="a small two-block convolutional network")
-def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm", width: int = 32) -> Classifier:
+def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", width: int = 32) -> Classifier:
     """Small CNN: two conv–norm–ReLU–pool blocks, global average pooling."""
     c = input_shape[0]
     backbone = nn.Sequential(
         nn.Conv2d(c, width, 3, padding=1, bias=False),
-        NORMS.build(norm, width),
+        make_norm(norm, width),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-        NORMS.build(norm, 2 * width),
+        make_norm(norm, 2 * width),
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
@@ -243,12 +252,12 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", no
 class BasicBlock(nn.Module):
     """He et al. 2016 CIFAR block; shortcut option A (subsample + zero-pad channels), as in LDAM's code."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: Norm) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = NORMS.build(norm, cout)
+        self.bn1 = make_norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = NORMS.build(norm, cout)
+        self.bn2 = make_norm(norm, cout)
         self.stride, self.pad = stride, cout - cin
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,13 +274,13 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for 32×32 inputs: 3 stages of 16/32/64 channels, n blocks each (depth = 6n + 2)."""
 
-    def __init__(self, depth: int, in_channels: int, norm: str) -> None:
+    def __init__(self, depth: int, in_channels: int, norm: Norm) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"depth={depth} is not allowed; CIFAR ResNets have depth 6n+2 (8, 20, 32, 44, 56, 110)")
         n = (depth - 2) // 6
         self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn = NORMS.build(norm, 16)
+        self.bn = make_norm(norm, 16)
         blocks, cin = [], 16
         for stage, cout in enumerate((16, 32, 64)):
             for i in range(n):
@@ -288,7 +297,7 @@ class CifarResNet(nn.Module):
 
 
 def _resnet(depth: int):
-    def build(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm") -> Classifier:
+    def build(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm") -> Classifier:
         model = Classifier(CifarResNet(depth, input_shape[0], norm), 64, num_classes, head)
         if isinstance(model.head, nn.Linear):
             nn.init.kaiming_normal_(model.head.weight)
@@ -379,7 +388,7 @@ def bbn(
     input_shape: tuple[int, ...],
     num_classes: int,
     head: str = "linear",
-    norm: str = "batchnorm",
+    norm: Norm = "batchnorm",
     backbone: str = "auto",
     branch_layers: int = 1,
 ) -> Classifier:
@@ -407,11 +416,15 @@ def build_model(
     head: str = "linear",
     head_params: dict | None = None,
     norm: str = "batchnorm",
+    norm_params: dict | None = None,
     **params,
 ) -> Classifier:
-    """Build a registered model; ``head_params`` go to the head (e.g. the cosine head's scale)."""
+    """Build a registered model; ``head_params`` go to the head (e.g. the cosine head's scale),
+    ``norm_params`` to every norm layer (e.g. compound batch norm's number of components)."""
     HEADS.check_params(head, head_params or {})
-    model = MODELS.build(name, input_shape, num_classes, head=head, norm=norm, **params)
+    NORMS.check_params(norm, norm_params or {})
+    norm_arg = partial(NORMS.build, norm, **norm_params) if norm_params else norm
+    model = MODELS.build(name, input_shape, num_classes, head=head, norm=norm_arg, **params)
     if head_params:
         model.head = HEADS.build(head, model.feature_dim, num_classes, **head_params)
     return model

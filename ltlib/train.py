@@ -45,6 +45,7 @@ class Config:
     model: str = "auto"
     model_params: dict[str, Any] = field(default_factory=dict)
     norm: str = "batchnorm"
+    norm_params: dict[str, Any] = field(default_factory=dict)
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"
@@ -103,7 +104,7 @@ class Config:
         mixing.MIXING.check_params(self.mixing, self.mixing_params)
         schedules.SCHEDULES.check_params(self.schedule, self.schedule_params)
         optim.OPTIMIZERS.check_params(self.optimizer, self.optimizer_params)
-        NORMS.get(self.norm)
+        NORMS.check_params(self.norm, self.norm_params)
         if self.model != "auto":
             MODELS.get(self.model)
         checks = [
@@ -310,7 +311,9 @@ def train(
 
     loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
     model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    model = build_model(
+        model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, cfg.norm_params, **cfg.model_params
+    )
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels for these fixed shapes
