@@ -24,7 +24,12 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
     if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
+    from ltlib.models import NORMS
     from ltlib.schedules import SCHEDULES
+
+    why = getattr(NORMS.get(cfg.norm).obj, "not_graph_capturable", None)
+    if why:
+        return f"norm {cfg.norm!r} {why}"
 
     if getattr(SCHEDULES.get(cfg.schedule).obj, "changes_model", False):
         return f"schedule {cfg.schedule!r} changes the trained parameters mid-run; the graph is captured once"

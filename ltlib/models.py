@@ -111,6 +111,10 @@ class CompoundBatchNorm(nn.Module):
     checked here (no official code was found), so treat it as a tunable choice.
     """
 
+    # The graph engine's warm-up steps are undone by restoring the state dict, which would reset the
+    # mixture's first-batch initialisation after the layer has marked itself initialised.
+    not_graph_capturable = "initialises its mixture from the first training batch, which the graph warm-up would undo"
+
     def __init__(self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         if components < 1:

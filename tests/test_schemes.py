@@ -232,3 +232,33 @@ def test_compound_bn_em_recovers_two_clusters():
     # At test each point is normalised by its own cluster: the cluster centres map to ≈ 0.
     cbn.eval()
     assert cbn(torch.tensor([[-3.0, 1.0], [3.0, -1.0]])).abs().max().item() < 0.3
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(schedule="crt"),
+        dict(schedule="lws"),
+        dict(schedule="marc"),
+        dict(loss="balpoe", mixing="mixup"),
+        dict(model="bbn", mixing="bbn"),
+        dict(model="bbn", mixing="bbn", model_params={"backbone": "resnet8"}),
+        dict(model="cnn", norm="compound_bn"),
+        dict(model="resnet8", norm="compound_bn", norm_params={"components": 2}),
+    ],
+)
+def test_each_scheme_trains_two_epochs_of_digits(kw):
+    result = train(quick(epochs=2, **kw), save=False)
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    assert 0.0 <= result.eval["balanced_accuracy"] <= 1.0
+
+
+def test_graph_step_matches_eager_for_balpoe_and_reports_compound_bn():
+    from ltlib.fast import unsupported_reason
+    from ltlib.losses import build
+
+    cfg = dict(loss="balpoe", epochs=2, imbalance=10, lr=0.02)
+    eager = train(quick(engine="eager", **cfg), save=False)
+    graph = train(quick(engine="graph", **cfg), save=False)
+    assert [h["loss"] for h in graph.history] == pytest.approx([h["loss"] for h in eager.history], rel=2e-3)
+    assert "compound_bn" in unsupported_reason(quick(model="cnn", norm="compound_bn"), build("ce", [3, 2]))
