@@ -3,6 +3,8 @@
     python benchmarks/zoo.py --family loss            # all losses, 3 seeds, markdown table
     python benchmarks/zoo.py --family sampler --seeds 3
     python benchmarks/zoo.py --family mixing --preset fashion-mnist-lt --epochs 5
+    python benchmarks/zoo.py --family model --only bbn --set mixing=bbn   # config overrides for every row
+    python benchmarks/zoo.py --family norm --set model=cnn               # norms need a model that has them
 
 Each row trains the preset with one registry entry swapped in (everything else as the preset), on
 CPU, and reports balanced / many / medium / few accuracy and ECE, mean ± std over seeds. The
@@ -19,7 +21,8 @@ import time
 import numpy as np
 
 from ltlib import losses, mixing, optim, samplers, schedules
-from ltlib.models import MODELS
+from ltlib.cli import _key_value
+from ltlib.models import MODELS, NORMS
 from ltlib.presets import preset
 from ltlib.train import train
 
@@ -30,6 +33,7 @@ FAMILIES = {
     "schedule": ("schedule", schedules.SCHEDULES),
     "optimizer": ("optimizer", optim.OPTIMIZERS),
     "model": ("model", MODELS),
+    "norm": ("norm", NORMS),
 }
 METRICS = ("balanced_accuracy", "many", "medium", "few", "ece")
 
@@ -50,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int)
     p.add_argument("--only", nargs="*", help="only these entries")
+    p.add_argument(
+        "--set", nargs="*", type=_key_value, default=[], metavar="KEY=VALUE", help="config overrides for every row (JSON values)"
+    )
     args = p.parse_args(argv)
     field, registry = FAMILIES[args.family]
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {**dict(args.set), **({"epochs": args.epochs} if args.epochs else {})}
     base = {"preset": args.preset, "overrides": overrides}
     names = args.only or registry.available()
     started = time.time()
@@ -66,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = " | ".join(f"{100 * m:.1f} ± {100 * s:.1f}" if k != "ece" else f"{m:.3f}" for k, (m, s) in row.items())
         print(f"| `{name}` | {cells} |", flush=True)
-    print(f"\n{args.preset}, {args.seeds} seeds, {time.time() - started:.0f} s", file=sys.stderr)
+    shown = " ".join(f"{k}={v}" for k, v in overrides.items())
+    print(f"\n{args.preset} {shown}, {args.seeds} seeds, {time.time() - started:.0f} s", file=sys.stderr)
     return 0
 
 
