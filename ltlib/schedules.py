@@ -156,7 +156,11 @@ class ClassifierRetraining(TwoStage):
 
 
 class ScaledHead(nn.Module):
-    """LWS classifier: z_c = f_c · (w_c·x + b_c), the learnable scales f start at 1."""
+    """LWS classifier: z_c = f_c · (w_c·x + b_c), the learnable scales f start at 1.
+
+    ``weight`` and ``bias`` are the effective f_c·w_c and f_c·b_c (exact for a linear classifier), so a
+    saved run's classifier and post-hoc τ-norm see what the model computes.
+    """
 
     def __init__(self, inner: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -165,15 +169,23 @@ class ScaledHead(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The effective classifier weights f_c·w_c (what the app plots as weight norms)."""
         return self.scales[:, None] * self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        b = getattr(self.inner, "bias", None)
+        return None if b is None else self.scales * b
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.inner(f) * self.scales
 
 
 class MarginCalibratedHead(nn.Module):
-    """MARC classifier: z'_c = ω_c · z_c + β_c · ‖w_c‖, with ω = 1 and β = 0 at the start."""
+    """MARC classifier: z'_c = ω_c · z_c + β_c · ‖w_c‖, with ω = 1 and β = 0 at the start.
+
+    For a linear classifier z_c = w_c·x + b_c this is again linear: ``weight`` ω_c·w_c and ``bias``
+    ω_c·b_c + β_c·‖w_c‖ are the effective classifier a saved run stores.
+    """
 
     def __init__(self, inner: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -184,7 +196,12 @@ class MarginCalibratedHead(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.inner.weight
+        return self.omega[:, None] * self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        b = getattr(self.inner, "bias", None)
+        return self.omega * (0.0 if b is None else b) + self.beta * self.inner.weight.norm(dim=1)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.omega * self.inner(f) + self.beta * self.inner.weight.norm(dim=1)

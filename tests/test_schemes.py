@@ -79,11 +79,15 @@ def test_marc_logits_follow_the_formula():
     f = torch.tensor([[1.0, 1.0, 1.0]])
     # z = (7, 2); z' = (2·7 + 1·5, 0.5·2 − 1·2)
     assert marc(f).tolist() == [[19.0, -1.0]]
+    assert torch.allclose(f @ marc.weight.T + marc.bias, marc(f))  # the effective linear classifier
     lws = schedules.ScaledHead(head, 2)
     with torch.no_grad():
         lws.scales.copy_(torch.tensor([2.0, 3.0]))
     assert lws(f).tolist() == [[14.0, 6.0]]
     assert lws.weight[1].tolist() == [0.0, 0.0, 6.0]
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([1.0, -1.0]))
+    assert torch.allclose(f @ lws.weight.T + lws.bias, lws(f)) and lws(f).tolist() == [[16.0, 3.0]]
 
 
 @pytest.mark.parametrize(
