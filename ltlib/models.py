@@ -192,15 +192,11 @@ class Classifier(nn.Module):
         self.head = HEADS.build(head, feature_dim, num_classes) if isinstance(head, str) else head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backbone_frozen:
-            with torch.no_grad():
-                return self.backbone(x)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    backbone_frozen: bool = False
     backbone_eval: bool = False
 
     def freeze_backbone(self, freeze_norm_stats: bool = True) -> None:
@@ -210,8 +206,9 @@ class Classifier(nn.Module):
 
         Two-stage methods (cRT, LWS, MARC) call this when stage 2 starts.
         """
+        # No gradients reach frozen parameters (autograd records nothing for them unless the input
+        # itself needs a gradient, as adversarial augmentation does).
         self.backbone.requires_grad_(False)
-        self.backbone_frozen = True
         self.backbone_eval = freeze_norm_stats
         self.train(self.training)
 
