@@ -266,3 +266,17 @@ def test_graph_step_matches_eager_for_balpoe_and_reports_compound_bn():
     graph = train(quick(engine="graph", **cfg), save=False)
     assert [h["loss"] for h in graph.history] == pytest.approx([h["loss"] for h in eager.history], rel=2e-3)
     assert "compound_bn" in unsupported_reason(quick(model="cnn", norm="compound_bn"), build("ce", [3, 2]))
+
+
+def test_schemes_are_selectable_from_the_cli(capsys):
+    from ltlib.cli import main
+    from ltlib.runs import list_runs
+
+    common = ["train", "--preset", "digits-quick", "--epochs", "2", "--quiet"]
+    assert main([*common, "--schedule", "crt", "--model", "cnn", "--norm", "compound_bn", "--norm-param", "components=2"]) == 0
+    assert main([*common, "--loss", "balpoe", "--loss-param", "lambdas=[1, -1]", "--mixing", "mixup"]) == 0
+    assert main([*common, "--model", "bbn", "--mixing", "bbn", "--model-param", "backbone=cnn"]) == 0
+    runs = {r.config["loss"]: r for r in list_runs()}
+    assert runs["balpoe"].arrays["test_expert_logits"].shape[0] == 2
+    assert main([*common, "--norm", "compound_bn", "--norm-param", "k=2"]) == 2
+    assert "has no parameter 'k'; its parameters: components, momentum, eps" in capsys.readouterr().err
