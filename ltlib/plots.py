@@ -208,6 +208,27 @@ def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Fi
     return _layout(fig, "Per-class accuracy", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
 
 
+def expert_accuracy(run: Run) -> go.Figure:
+    """Per-class accuracy of each BalPoE expert beside their product (the run's prediction), head → tail."""
+    experts = run.arrays.get("test_expert_logits")
+    if experts is None:
+        raise ValueError(f"run {run.id} has no per-expert logits; train it with --loss balpoe")
+    from ltlib.losses import LOSSES
+
+    lambdas = (run.config.get("loss_params") or {}).get("lambdas", LOSSES.get("balpoe").defaults["lambdas"])
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    order, x = _order(counts), [names[c] for c in _order(counts)]
+    fig = go.Figure()
+    for k, acc in enumerate(metrics.expert_per_class_accuracy(experts, run.arrays["test_labels"])):
+        fig.add_trace(go.Bar(x=x, y=acc[order], name=f"expert {k + 1} (λ = {float(np.atleast_1d(lambdas)[k]):g})"))
+    product = np.asarray(run.eval["per_class_accuracy"])
+    fig.add_trace(go.Scatter(x=x, y=product[order], name="product of experts", mode="lines+markers", line=dict(color="black")))
+    _group_bands(fig, counts, order)
+    return _layout(
+        fig, "Per-class accuracy of each expert and of their product", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05])
+    )
+
+
 def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.Figure:
     """Per-class accuracy of run B minus run A, head → tail."""
     counts, names = np.asarray(run_a.eval["class_counts"]), _names(run_a)

@@ -1,5 +1,6 @@
 """Training schemes: decoupled two-stage schedules (cRT, LWS, MARC), BalPoE, BBN, compound batch norm."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,6 +153,12 @@ def test_balpoe_saves_expert_logits_and_their_per_class_accuracy(isolated_home):
     acc = expert_per_class_accuracy(experts, labels)
     assert acc.shape == (3, 10)
     assert acc[1] == pytest.approx(per_class_accuracy(experts[1].argmax(1), labels, 10), nan_ok=True)
+    from ltlib import plots
+
+    fig = plots.expert_accuracy(load_run(result.run_id))
+    assert [t.name for t in fig.data] == ["expert 1 (λ = 1)", "expert 2 (λ = 0)", "expert 3 (λ = -1)", "product of experts"]
+    order = np.argsort(-arrays["class_counts"], kind="stable")
+    assert list(fig.data[2].y) == pytest.approx(list(acc[2][order]))
 
 
 def test_balpoe_rejects_plain_logits():
