@@ -137,6 +137,12 @@ class CompoundBatchNorm(nn.Module):
         return torch.softmax(log_p, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Mixture statistics (E[x²] − E[x]², softmax over log-densities) need fp32, as batch norm keeps
+        # under autocast; the matrix products below would otherwise run in bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.movedim(1, -1).reshape(-1, shape[1]).float()  # (N, C): one feature vector per pixel/sample
         if self.training:

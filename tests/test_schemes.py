@@ -287,3 +287,13 @@ def test_schemes_are_selectable_from_the_cli(capsys):
     assert runs["balpoe"].arrays["test_expert_logits"].shape[0] == 2
     assert main([*common, "--norm", "compound_bn", "--norm-param", "k=2"]) == 2
     assert "has no parameter 'k'; its parameters: components, momentum, eps" in capsys.readouterr().err
+
+
+def test_compound_bn_keeps_fp32_statistics_under_autocast():
+    from ltlib.models import CompoundBatchNorm
+
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 100 + 1000  # bf16 would lose these
+    ref, cbn = CompoundBatchNorm(3, components=2), CompoundBatchNorm(3, components=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cbn(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref(x), atol=1e-5)
