@@ -183,6 +183,9 @@ class Result:
     model: torch.nn.Module
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("training was cancelled")
@@ -320,7 +323,6 @@ def train(
 
     started = time.time()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
 
@@ -329,9 +331,13 @@ def train(
     inputs = Inputs(data, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
 
-    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
-    model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    # Weights are initialised from the global RNG: the lock keeps runs trained side by side (ltlib.sweep,
+    # two app sessions) from drawing from each other's seed.
+    with _INIT_LOCK:
+        torch.manual_seed(cfg.seed)
+        loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
+        model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
+        model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
     model = model.to(device)
     if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
         raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
