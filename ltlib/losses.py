@@ -311,17 +311,17 @@ class GeneralizedMaxMargin(LDAM):
         return loss
 
 
-def simplex_prototypes(num_classes: int, dim: int) -> torch.Tensor:
+def simplex_prototypes(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
     """C unit vectors in R^dim with pairwise cosine −1/(C − 1) (a regular simplex: the largest minimum angle).
 
-    They are the centred basis vectors e_c − 1/C, normalised and zero-padded: each has one positive
-    coordinate, so non-negative (post-ReLU) features can point at every prototype.
+    The centred basis vectors e_c − 1/C, normalised, then turned by a fixed random rotation into R^dim:
+    spread over all dims, so non-negative (post-ReLU) features with a few dead units can still point
+    at every prototype (without the rotation PAL did not train on digits).
     """
     if dim < num_classes:
         raise ValueError(f"feature dimension {dim} is too small for {num_classes} anchored prototypes; allowed: >= {num_classes}")
-    protos = torch.zeros(num_classes, dim)
-    protos[:, :num_classes] = torch.eye(num_classes) - 1.0 / num_classes
-    return F.normalize(protos, dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=torch.Generator().manual_seed(seed)))
+    return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
 
 
 @LOSSES.register(
@@ -353,17 +353,17 @@ class PrototypeAnchored(LDAM):
     needs=("cosine head",),
 )
 class CouplingRegulation(LDAM):
-    """Coupling-regulation-imbalance loss (focal + LDAM + outlier correction) with phased progressive re-weighting.
+    """Coupling-regulation-imbalance loss: focal-modulated LDAM with class-balanced correction, phased in progressively.
 
-    With p = softmax(s·(cos − Δ_y·e_y))_y (LDAM margins Δ), the focal-LDAM term is −(1 − p)^γ·log p.
-    The correction factor c = min(1, p̃/μ), p̃ = softmax(s·cos)_y without margin and without gradient,
-    scales down samples the model rejects with near certainty (outliers, wrong labels), whose focal
-    weight would otherwise be the largest:  ℓ = c · (−(1 − p)^γ · log p).
-    Phased progressive schedule (``on_epoch_start``): the class weights move linearly from 1 to the
-    effective-number weights (β = 0.9999, Σ = C) between ``phase_start`` and ``phase_end`` (fractions of
-    the epochs), a smooth version of DRW's switch that moves the emphasis from representation
-    learning to the classifier. The paper's code is not released; the correction factor's exact
-    form here is our reading of the paper. γ = 1 is the focal γ of the LDAM-DRW official code; μ = 0.01.
+    With p = softmax(s·(cos − Δ_y·e_y))_y (LDAM margins Δ: quantity imbalance) and the focal factor
+    (1 − p)^γ (classification difficulty), ℓ = w_y(t) · (−(1 − p)^γ · log p). The correction term
+    w_y(t) = (1 − α_t) + α_t·w^CB_y re-weights by the effective number (β = 0.9999, Σ w^CB = C); the
+    phased progressive schedule (``on_epoch_start``) moves α_t linearly from 0 to 1 between
+    ``phase_start`` and ``phase_end`` (fractions of the epochs), a smooth version of DRW's switch that
+    moves the emphasis from representation learning to the classifier. γ = 1 is the focal γ of the
+    LDAM-DRW official code. The paper's code is not released and its text also credits the
+    correction with handling outliers; that part could not be checked and is not implemented
+    (a per-sample down-weighting of very unlikely samples that we tried collapsed training at s = 30).
     """
 
     def __init__(
@@ -372,17 +372,15 @@ class CouplingRegulation(LDAM):
         max_m: float = 0.5,
         s: float = 30.0,
         gamma: float = 1.0,
-        mu: float = 0.01,
         beta: float = 0.9999,
         phase_start: float = 0.5,
         phase_end: float = 0.8,
     ) -> None:
         super().__init__(class_counts, max_m=max_m, s=s)
         check_range("gamma", gamma, 0.0, float("inf"))
-        check_range("mu", mu, 0.0, 1.0)
         check_range("phase_start", phase_start, 0.0, 1.0, closed_high=True)
         check_range("phase_end", phase_end, phase_start, 1.0, closed_high=True)
-        self.gamma, self.mu, self.phase_start, self.phase_end = gamma, mu, phase_start, phase_end
+        self.gamma, self.phase_start, self.phase_end = gamma, phase_start, phase_end
         self.cb_weight = effective_number_weights(self.class_counts.clamp_min(1.0).numpy(), beta)
 
     def progress(self, epoch: int, epochs: int) -> float:
@@ -399,13 +397,7 @@ class CouplingRegulation(LDAM):
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logp = -super().per_sample(logits, targets)
-        focal = -((1 - logp.exp()) ** self.gamma) * logp
-        if self.mu == 0:
-            return focal
-        with torch.no_grad():
-            p_plain = F.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
-            correction = (p_plain / self.mu).clamp(max=1.0)
-        return correction * focal
+        return -((1 - logp.exp()) ** self.gamma) * logp
 
 
 @LOSSES.register(
