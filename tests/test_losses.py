@@ -143,7 +143,7 @@ def test_cdt_hand_case():
 
 
 def test_mm_hand_case():
-    s, max_m, gamma = 30.0, 0.5, 1.1
+    s, max_m, gamma = 19.0, 1.29, 1.528
     delta = _ldam_margins(0.5)
     per = []
     for cos, y in zip(COS, TARGETS):
@@ -154,7 +154,7 @@ def test_mm_hand_case():
         per.append(_ce(z, y))
     # sample 0 is right (d = 0.3 > 0), sample 1 wrong (d = −0.1 < 0): both branches are exercised
     loss = losses.build("mm", COUNTS)
-    assert loss.head == "cosine" and loss.head_params == {"scale": 30.0}
+    assert loss.head == "cosine" and loss.head_params == {"scale": 19.0}
     assert loss(_t(COS * s), _y()).item() == pytest.approx(sum(per) / 2, abs=1e-4)
 
 
