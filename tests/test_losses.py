@@ -321,3 +321,40 @@ def test_bad_parameters_raise_naming_the_parameter(name, params, match):
 def test_ot_reweight_without_features_says_what_it_needs():
     with pytest.raises(ValueError, match="features="):
         losses.build("ot_reweight", COUNTS)(_t(LOGITS), _y())
+
+
+def test_ot_reweight_weights_minimise_the_entropic_ot_distance():
+    """The closed-form w is Sinkhorn's plan for (w, q) (checked with POT) and no nearby w does better."""
+    ot = pytest.importorskip("ot")
+    gen = torch.Generator().manual_seed(3)
+    features, targets = torch.randn(6, 4, generator=gen), torch.tensor([0, 0, 0, 0, 1, 2])
+    meta_f, meta_y = torch.randn(6, 4, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
+    eps = 0.5
+    loss = losses.build("ot_reweight", COUNTS, eps=eps)
+    loss.set_meta(meta_f, meta_y)
+    w = loss.batch_weights(features, targets).double().numpy()
+    f = torch.nn.functional.normalize(features, dim=1).double().numpy()
+    g = torch.nn.functional.normalize(meta_f, dim=1).double().numpy()
+    cost = 1 - f @ g.T + (targets.numpy()[:, None] != meta_y.numpy()[None, :])
+    q = np.full(6, 1 / 6)
+
+    def entropic_ot(a):
+        plan = ot.sinkhorn(a, q, cost, eps, numItermax=100000, stopThr=1e-10)
+        return float((plan * cost).sum() + eps * (plan * (np.log(plan + 1e-300) - 1)).sum()), plan
+
+    best, plan = entropic_ot(w)
+    np.testing.assert_allclose(plan, q[None, :] * np.exp(-cost / eps) / np.exp(-cost / eps).sum(0), atol=1e-8)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        other = np.clip(w + 0.02 * rng.standard_normal(6), 1e-3, None)
+        assert entropic_ot(other / other.sum())[0] > best
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in losses.available() if unsupported_reason(preset("digits-quick", loss=n), losses.build(n, COUNTS)) is None]
+)
+def test_graph_step_matches_eager_for_capturable_losses(name):
+    cfg = dict(epochs=2, imbalance=10, lr=0.02, loss=name)
+    eager = train(preset("digits-quick", engine="eager", **cfg), save=False)
+    fast = train(preset("digits-quick", engine="graph", **cfg), save=False)
+    assert [h["loss"] for h in fast.history] == pytest.approx([h["loss"] for h in eager.history], rel=2e-3)
