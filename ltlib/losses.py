@@ -314,17 +314,29 @@ class GeneralizedMaxMargin(LDAM):
         return loss
 
 
-def simplex_prototypes(num_classes: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """C unit vectors in R^dim with pairwise cosine −1/(C − 1) (a regular simplex: the largest minimum angle).
+def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 2000) -> torch.Tensor:
+    """C unit vectors in R^dim as far apart as possible: a regular simplex (pairwise cosine −1/(C − 1)) when dim ≥ C.
 
-    The centred basis vectors e_c − 1/C, normalised, then turned by a fixed random rotation into R^dim:
-    spread over all dims, so non-negative (post-ReLU) features with a few dead units can still point
-    at every prototype (without the rotation PAL did not train on digits).
+    There, the centred basis vectors e_c − 1/C, normalised, turned by a fixed random rotation into
+    R^dim: spread over all dims, so non-negative (post-ReLU) features with a few dead units can still
+    point at every prototype (without the rotation PAL did not train on digits). When dim < C the
+    simplex does not fit; the prototypes then minimise a smooth maximum (log-sum-exp, temperature
+    0.01) of the pairwise cosines by gradient descent on the sphere, from a seeded random start.
     """
-    if dim < num_classes:
-        raise ValueError(f"feature dimension {dim} is too small for {num_classes} anchored prototypes; allowed: >= {num_classes}")
-    rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=torch.Generator().manual_seed(seed)))
-    return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
+    gen = torch.Generator().manual_seed(seed)
+    if dim >= num_classes:
+        rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=gen))
+        return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
+    protos = torch.randn(num_classes, dim, generator=gen).requires_grad_(True)
+    optimizer = torch.optim.SGD([protos], lr=0.05, momentum=0.9)
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool)
+    for _ in range(steps):
+        unit = F.normalize(protos, dim=1)
+        smooth_max = 0.01 * torch.logsumexp((unit @ unit.T)[off_diagonal] / 0.01, dim=0)
+        optimizer.zero_grad()
+        smooth_max.backward()
+        optimizer.step()
+    return F.normalize(protos.detach(), dim=1)
 
 
 @LOSSES.register(

@@ -194,8 +194,16 @@ def test_pal_head_stays_anchored_through_training():
     result = train(preset("digits-quick", loss="pal", epochs=2), save=False)
     w = result.model.head.weight.detach()
     torch.testing.assert_close(w, losses.simplex_prototypes(*w.shape))
-    with pytest.raises(ValueError, match="feature dimension 4 is too small"):
-        losses.simplex_prototypes(10, 4)
+
+
+def test_prototypes_spread_out_when_the_simplex_does_not_fit():
+    p = losses.simplex_prototypes(10, 4)  # 10 classes, 4 feature dims: no simplex, optimised instead
+    cos = p @ p.T
+    torch.testing.assert_close(cos.diagonal(), torch.ones(10))
+    start = torch.nn.functional.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    start_cos = (start @ start.T).fill_diagonal_(-2)
+    assert cos.fill_diagonal_(-2).max() < 0.2 < start_cos.max()
+    torch.testing.assert_close(p, losses.simplex_prototypes(10, 4))  # deterministic
 
 
 def test_coupling_regulation_hand_case_and_phased_schedule():
