@@ -349,9 +349,10 @@ class PrototypeAnchored(LDAM):
 
     The paper shows the minimum sample margin is maximised when the class prototypes are anchored
     at maximally separated points (pairwise cosine −1/(C − 1)); only the features are learned. Here
-    the cosine head's weight is set to the simplex and frozen (no gradient, no weight decay) at the
-    start of training, and the loss is the LDAM margin softmax (s = 30, largest margin 0.5), the
-    paper's pairing for class-imbalanced data: ℓ = −log softmax(s·(cos(f, p) − Δ_y·e_y))_y.
+    the cosine head's weight is set to the simplex (``simplex_prototypes``; optimised spread-out
+    points when the feature dim is below C) and frozen (no gradient, no weight decay) at the start of
+    training. PAL plugs into margin-based losses; the loss on top here is the class-aware one of this
+    library, LDAM's margin softmax (s = 30, largest margin 0.5): ℓ = −log softmax(s·(cos(f, p) − Δ_y·e_y))_y.
     """
 
     def on_epoch_start(self, epoch: int, state: Any) -> None:
