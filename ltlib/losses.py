@@ -183,7 +183,7 @@ class ClassBalanced(Loss):
       focal:   ℓ = w_y · Σ_c (1 − p_c)^γ · BCE(z_c, 1[c = y]),  p_c = σ(z_c) if c = y else 1 − σ(z_c).
     The batch loss is Σ_i ℓ_i / B: the official code divides by the number of labels, not by Σ w.
     γ = 1.0 here (the paper tunes γ ∈ {0.5, 1, 2}; focal's own default is 2). The official code also
-    initialises the last layer's bias to −log((1 − π)/π), π = 0.1, for the sigmoid and focal variants;
+    initialises the last layer's bias to −log((1 − π)/π), a small prior π, for the sigmoid and focal variants;
     here the head keeps its usual initialisation (it is shared by every loss).
     """
 
@@ -287,11 +287,12 @@ class GeneralizedMaxMargin(LDAM):
     ℓ = −log softmax(s·(cos − Δ_y·e_y))_y                     (margin softmax, LDAM class margins Δ)
         − λ_sm · (cos_y − max_{j≠y} cos_j)                   (sample-margin regulariser)
         + λ_zc · ‖(1/C) Σ_c w_c/‖w_c‖‖²                        (zero-centroid regulariser on the prototypes)
-    The paper shows the class margin (smallest angle between prototypes) is largest when the
-    normalised prototypes have zero centroid, and that maximising sample margins then gives the
-    largest margins; for class-imbalanced data it adds both regularisers to LDAM, which is this
-    recipe. The prototypes are the cosine head's weights, picked up in ``on_epoch_start``.
-    λ_sm = λ_zc = 1 here (the paper tunes them per task).
+    The paper defines the class margin (smallest angle between prototypes) and the sample margin,
+    and derives the sample-margin regulariser as a general tool and the zero-centroid regulariser
+    for the class-imbalanced case (where rare-class prototypes otherwise drift together), both added
+    to an existing margin loss; here they sit on LDAM's margin softmax. The prototypes are the cosine
+    head's weights, picked up in ``on_epoch_start``. λ_sm = λ_zc = 1 here (the paper tunes them per
+    task); its official code was not available to us.
     """
 
     def __init__(
@@ -498,8 +499,9 @@ class OTReweight(Loss):
     Differences from the paper: its weights are per training example, learned by gradient steps on
     the OT loss across iterations with features of a first-stage model; here they are recomputed
     per batch, features detached. The meta set is carved from the training set (``meta_per_class``
-    images per class, 10 as in the paper, fewer if a class has fewer) at the first epoch, and its
-    features are recomputed at the start of each epoch (``on_epoch_start``).
+    images per class, 10 being the usual CIFAR-LT meta-set size, fewer if a class has fewer; the
+    images stay in the training set too) at the first epoch, and its features are recomputed at the
+    start of each epoch (``on_epoch_start``).
     """
 
     needs_features = True
