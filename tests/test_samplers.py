@@ -98,6 +98,18 @@ def test_meta_sampler_logs_rates_and_learns_toward_the_tail():
     assert rates[-1][tail].sum() > rates[0][tail].sum()  # the balanced meta loss pulls rate to the tail
 
 
+def test_meta_sampler_rates_are_saved_and_plotted():
+    from ltlib import plots
+    from ltlib.runs import load_run
+
+    run = load_run(train(preset("digits-quick", epochs=2, sampler="meta")).run_id)
+    fig = plots.sampler_rates(run)
+    assert len(fig.data) == 10 and list(fig.data[0].x) == [1, 2]
+    np.testing.assert_allclose(sum(np.array(t.y) for t in fig.data), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="logged no sampler_rates"):
+        plots.sampler_rates(load_run(train(preset("digits-quick", epochs=1)).run_id))
+
+
 def test_meta_step_gradient_reaches_the_sampling_logits():
     """One meta step moves w (the straight-through Gumbel draw carries the meta gradient)."""
     cfg = preset("digits-quick", sampler="meta")
