@@ -113,13 +113,14 @@ class MetaSampler:
     Each image of class c is drawn with weight σ(w_c), so p_c ∝ n_c·σ(w_c). A meta step draws a batch
     of B classes with a straight-through Gumbel-softmax over log p (one-hot forward, soft gradient),
     takes one SGD look-ahead step θ' = θ − η·∇θ mean_i ℓ_i·s_i of the classifier head on those
-    images (features detached, as the official code does), then updates w with Adam (lr 0.01, the
-    official default) to lower the cross-entropy of the look-ahead head on the meta set.
+    images (s_i: the straight-through one-hot weight, 1 in value; η: the current learning rate;
+    features detached, as the official code does), then updates w with Adam (lr 0.01, the official
+    default) to lower the cross-entropy of the look-ahead head on the meta set.
     w starts at logit(r_c / (min r + max r)) with r_c = π_c^(−init_pow) as in the official code
     (init_pow = 0: every σ(w_c) = ½, i.e. instance sampling).
 
-    The meta set holds up to ``meta_per_class`` images of every class, taken from the training set
-    (the tail has too few images to hold any out). Where the official code runs one meta step per
+    The meta set holds up to ``meta_per_class`` (10, a choice of this library) images of every class,
+    taken from the training set (the tail has too few images to hold any out). Where the official code runs one meta step per
     training step, here ``meta_steps`` steps run at the start of each epoch (default: as many as
     the epoch has batches) and the learned rates then hold for that epoch; features are computed in
     eval mode so the meta step leaves the BN statistics alone. Each epoch logs p_c as
