@@ -15,6 +15,7 @@ import threading
 
 import torch
 
+from ltlib import samplers
 from ltlib.losses import Loss
 
 # One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
@@ -28,6 +29,8 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"optimizer {cfg.optimizer!r} is not captured (only plain SGD is)"
     if cfg.mixing != "none":
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
+    if samplers.learns(cfg.sampler):
+        return f"sampler {cfg.sampler!r} learns between epochs with its own forward and backward passes (eager only)"
     if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
     return None
