@@ -3,8 +3,9 @@
     python benchmarks/zoo.py --family loss            # all losses, 3 seeds, markdown table
     python benchmarks/zoo.py --family sampler --seeds 3
     python benchmarks/zoo.py --family mixing --preset fashion-mnist-lt --epochs 5
-    python benchmarks/zoo.py --family model --only bbn --set mixing=bbn   # config overrides for every row
-    python benchmarks/zoo.py --family norm --set model=cnn               # norms need a model that has them
+    python benchmarks/zoo.py --family loss --only ce ldam --set schedule=drw   # any Config field
+    python benchmarks/zoo.py --family mixing --only cmo --param start_epoch=0 --param end_epochs=0
+    python benchmarks/zoo.py --family norm --set model=cnn   # norm layers need a model that has them
 
 Each row trains the preset with one registry entry swapped in (everything else as the preset), on
 CPU, and reports balanced / many / medium / few accuracy and ECE, mean ± std over seeds. The
@@ -55,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--only", nargs="*", help="only these entries")
     p.add_argument(
-        "--set", nargs="*", type=_key_value, default=[], metavar="KEY=VALUE", help="config overrides for every row (JSON values)"
+        "--set", type=_key_value, action="append", default=[], metavar="FIELD=VALUE", help="override a Config field for every row"
     )
+    p.add_argument("--param", type=_key_value, action="append", default=[], help="key=value for every row's method (repeatable)")
     args = p.parse_args(argv)
     field, registry = FAMILIES[args.family]
     overrides = {**dict(args.set), **({"epochs": args.epochs} if args.epochs else {})}
+    if args.param:
+        overrides[f"{field}_params"] = dict(args.param)
     base = {"preset": args.preset, "overrides": overrides}
     names = args.only or registry.available()
     started = time.time()
@@ -73,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = " | ".join(f"{100 * m:.1f} ± {100 * s:.1f}" if k != "ece" else f"{m:.3f}" for k, (m, s) in row.items())
         print(f"| `{name}` | {cells} |", flush=True)
-    shown = " ".join(f"{k}={v}" for k, v in overrides.items())
-    print(f"\n{args.preset} {shown}, {args.seeds} seeds, {time.time() - started:.0f} s", file=sys.stderr)
+    print(f"\n{args.preset}, {args.seeds} seeds, {time.time() - started:.0f} s", file=sys.stderr)
     return 0
 
 
