@@ -150,7 +150,8 @@ class LDAM(Loss):
 
     Margins are scaled so the largest is ``max_m`` (0.5). As in the official code the classifier is
     cosine-normalised and the scale s = 30 multiplies the margin-shifted cosines; here the head
-    applies s, so the loss subtracts s·Δ_y from the target logit.
+    applies s, so the loss subtracts s·Δ_y from the target logit. The paper trains it with deferred
+    re-weighting (``--schedule drw``); alone it is close to CE on small data.
     """
 
     head = "cosine"
