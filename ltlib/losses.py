@@ -316,21 +316,21 @@ class GeneralizedMaxMargin(LDAM):
         return loss
 
 
-def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 2000) -> torch.Tensor:
+def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 300) -> torch.Tensor:
     """C unit vectors in R^dim as far apart as possible: a regular simplex (pairwise cosine −1/(C − 1)) when dim ≥ C.
 
     There, the centred basis vectors e_c − 1/C, normalised, turned by a fixed random rotation into
     R^dim: spread over all dims, so non-negative (post-ReLU) features with a few dead units can still
     point at every prototype (without the rotation PAL did not train on digits). When dim < C the
     simplex does not fit; the prototypes then minimise a smooth maximum (log-sum-exp, temperature
-    0.01) of the pairwise cosines by gradient descent on the sphere, from a seeded random start.
+    0.01) of the pairwise cosines with Adam, from a seeded random start.
     """
     gen = torch.Generator().manual_seed(seed)
     if dim >= num_classes:
         rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=gen))
         return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
     protos = torch.randn(num_classes, dim, generator=gen).requires_grad_(True)
-    optimizer = torch.optim.SGD([protos], lr=0.05, momentum=0.9)
+    optimizer = torch.optim.Adam([protos], lr=0.05)
     off_diagonal = ~torch.eye(num_classes, dtype=torch.bool)
     for _ in range(steps):
         unit = F.normalize(protos, dim=1)
