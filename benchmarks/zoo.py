@@ -4,6 +4,7 @@
     python benchmarks/zoo.py --family sampler --seeds 3
     python benchmarks/zoo.py --family mixing --preset fashion-mnist-lt --epochs 5
     python benchmarks/zoo.py --family loss --only ce ldam --set schedule=drw   # any Config field
+    python benchmarks/zoo.py --family mixing --only cmo --param start_epoch=0 --param end_epochs=0
 
 Each row trains the preset with one registry entry swapped in (everything else as the preset), on
 CPU, and reports balanced / many / medium / few accuracy and ECE, mean ± std over seeds. The
@@ -55,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--set", type=_key_value, action="append", default=[], metavar="FIELD=VALUE", help="override a Config field for every row"
     )
+    p.add_argument("--param", type=_key_value, action="append", default=[], help="key=value for every row's method (repeatable)")
     args = p.parse_args(argv)
     field, registry = FAMILIES[args.family]
     overrides = {**dict(args.set), **({"epochs": args.epochs} if args.epochs else {})}
+    if args.param:
+        overrides[f"{field}_params"] = dict(args.param)
     base = {"preset": args.preset, "overrides": overrides}
     names = args.only or registry.available()
     started = time.time()
