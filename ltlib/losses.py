@@ -378,8 +378,9 @@ class CouplingRegulation(LDAM):
     w_y(t) = (1 − α_t) + α_t·w^CB_y re-weights by the effective number (β = 0.9999, Σ w^CB = C); the
     phased progressive schedule (``on_epoch_start``) moves α_t linearly from 0 to 1 between
     ``phase_start`` and ``phase_end`` (fractions of the epochs), a smooth version of DRW's switch that
-    moves the emphasis from representation learning to the classifier. γ = 1 is the focal γ of the
-    LDAM-DRW official code. The paper's code is not released and its text also credits the
+    moves the emphasis from representation learning to the classifier (it sets the class weights
+    itself, after any schedule's hook: do not combine it with ``--schedule drw``). γ = 1 is the focal γ
+    of the LDAM-DRW official code. The paper's code is not released and its text also credits the
     correction with handling outliers; that part could not be checked and is not implemented
     (a per-sample down-weighting of very unlikely samples that we tried collapsed training at s = 30).
     """
