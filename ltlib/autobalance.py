@@ -35,6 +35,18 @@ def neumann_inverse_hvp(
     return [lr * s for s in total]
 
 
+def top_hessian_eigenvalue(grads: list[torch.Tensor], params: list[torch.Tensor], start: list[torch.Tensor], iters: int = 5) -> float:
+    """|λ_max| of H = ∂grads/∂params by power iteration on Hessian–vector products, from direction ``start``."""
+    v = [t.detach() for t in start]
+    value = 0.0
+    for _ in range(iters):
+        norm = torch.sqrt(sum((t * t).sum() for t in v)).clamp_min(1e-12)
+        hv = torch.autograd.grad(grads, params, grad_outputs=[t / norm for t in v], retain_graph=True)
+        value = float(torch.sqrt(sum((h * h).sum() for h in hv)))
+        v = list(hv)
+    return value
+
+
 def implicit_hypergradient(
     train_grads: list[torch.Tensor],
     params: list[torch.Tensor],
@@ -63,7 +75,8 @@ class AutoBalance(Loss):
 
     Upper step (the paper's implicit approximation): averaged ∇_w L_train over ``train_batches`` = 10
     training batches and ∇_w L_val over ``val_batches`` = 10 validation batches, ``neumann_terms`` = 5
-    Neumann terms with α = ``neumann_lr`` = 1, then momentum SGD (0.9, weight decay 1e-4) on Δ, ι, ω
+    Neumann terms with α = ``neumann_lr`` = 1 (capped here at 1/λ_max(H), estimated by 5 steps of power
+    iteration, so that the series converges; the official code keeps α = 1), then momentum SGD (0.9, weight decay 1e-4) on Δ, ι, ω
     with ``up_lr`` = 0.01, warmed up linearly over epochs/30 epochs (10 of 300) and decayed with the
     model's learning rate. Updates start at ``start_epoch`` (default 0.4·epochs, 120 of 300).
 
@@ -165,8 +178,10 @@ class AutoBalance(Loss):
             loss = F.cross_entropy(logits_of(inputs(data.x_val[idx])), y, weight=1.0 / n_val)
             val_grads = [a + b / self.val_batches for a, b in zip(val_grads, torch.autograd.grad(loss, params))]
 
+        # The Neumann series converges only for α < 2/λ_max(H); cap α at 1/λ_max (the official α = 1 diverges on small MLPs).
+        alpha = min(self.neumann_lr, 1.0 / max(top_hessian_eigenvalue(train_grads, params, val_grads), 1e-12))
         learned = [hyper[n] for n in self.learned]
-        grads = implicit_hypergradient(train_grads, params, learned, val_grads, self.neumann_terms, self.neumann_lr)
+        grads = implicit_hypergradient(train_grads, params, learned, val_grads, self.neumann_terms, alpha)
         with torch.no_grad():
             for name, g in zip(self.learned, grads):
                 value, momentum = getattr(self, name), getattr(self, f"{name}_momentum")

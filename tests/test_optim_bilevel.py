@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ltlib import losses, optim
-from ltlib.autobalance import implicit_hypergradient
+from ltlib.autobalance import implicit_hypergradient, top_hessian_eigenvalue
 from ltlib.cli import main
 from ltlib.contrastive import ResCom, supcon_per_sample
 from ltlib.fast import unsupported_reason
@@ -136,6 +136,13 @@ def test_implicit_hypergradient_equals_the_exact_one_on_a_quadratic():
     assert torch.allclose(many, exact, atol=1e-5)
     (none,) = implicit_hypergradient(train_grads, [w], [lam], val_grads, terms=0, lr=0.5)
     assert torch.allclose(none, 0.5 * B @ (w.detach() - c), atol=1e-6)  # zero Neumann terms: H⁻¹ ≈ α I
+
+
+def test_power_iteration_finds_the_top_hessian_eigenvalue():
+    w = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
+    grads = list(torch.autograd.grad(0.5 * w @ A @ w, [w], create_graph=True))
+    top = float(torch.linalg.eigvalsh(A).max())
+    assert top_hessian_eigenvalue(grads, [w], [torch.tensor([1.0, 1.0, 1.0])], iters=50) == pytest.approx(top, rel=1e-4)
 
 
 def test_autobalance_gets_a_default_validation_split():
