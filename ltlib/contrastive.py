@@ -41,7 +41,8 @@ class ResCom(Loss):
     differs from the official code: the loop forwards one augmented view per image, so the "Siamese"
     batch (two views of each image, only the first enqueued) is the single batch here; the Siamese
     Balanced Softmax on the contrastive logits is off, as in the official default (``balsfx_n`` = 0).
-    ``balanced = False`` uses plain CE for the classifier term.
+    ``balanced = False`` uses plain CE for the classifier term. Every call enqueues its batch, so with
+    Mixup-style mixing (two label sets) or SAM (two passes per step) a step enqueues twice.
     """
 
     needs_features = True
