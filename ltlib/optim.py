@@ -5,6 +5,7 @@ the same loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -99,8 +100,8 @@ class SAM(torch.optim.SGD):
 class ABSGD(torch.optim.SGD):
     """Attentional-biased SGD: momentum SGD on Σ p_i ℓ_i with p_i ∝ exp(ℓ_i/λ), a per-sample attention on hard samples.
 
-    Paper: p_i = exp(ℓ_i/λ) / Σ_j exp(ℓ_j/λ) over the mini-batch (λ > 0 favours high-loss samples;
-    λ → ∞ is plain SGD). The official code normalises with a moving average instead of the batch sum,
+    Paper: p_i = exp(ℓ_i/λ) / Σ_j exp(ℓ_j/λ) over the mini-batch (λ > 0 favours high-loss samples, for
+    imbalance; λ < 0 discounts them, for label noise; |λ| → ∞ is plain SGD). The official code normalises with a moving average instead of the batch sum,
     u ← (1 − γ)·u + γ·α·mean_j exp(ℓ_j/λ), p_i = exp(ℓ_i/λ) / (u·B), with u starting at 0 and p
     detached (no gradient through the weights); this is what is implemented. ℓ_i are the loss's
     per-sample values, already multiplied by class weights (DRW), as the official code feeds its
@@ -121,7 +122,8 @@ class ABSGD(torch.optim.SGD):
         alpha: float = 0.5,
         start_epoch: int | None = None,
     ) -> None:
-        check_range("lam", lam, 1e-6, float("inf"))
+        if lam == 0 or not math.isfinite(lam):
+            raise ValueError(f"lam={lam} is out of range; allowed: finite and non-zero (> 0 for imbalance, < 0 for label noise)")
         check_range("gamma", gamma, 1e-6, 1.0, closed_high=True)
         check_range("alpha", alpha, 1e-6, float("inf"))
         if start_epoch is not None:

@@ -86,6 +86,14 @@ def test_absgd_moving_average_normaliser():
     assert float(opt.reduce(second)) == pytest.approx(math.e**2 / (u2 * 2) * 2.0)
 
 
+def test_absgd_negative_lambda_discounts_hard_samples_and_zero_is_rejected():
+    values = torch.tensor([1.0, 3.0])
+    e = [math.exp(-1.0), math.exp(-3.0)]
+    assert float(absgd(lam=-1.0, gamma=1.0, alpha=1.0).reduce(values)) == pytest.approx((e[0] * 1 + e[1] * 3) / sum(e))
+    with pytest.raises(ValueError, match="lam=0"):
+        absgd(lam=0.0)
+
+
 def test_absgd_is_the_plain_mean_before_its_start_epoch():
     opt = optim.build("absgd", [torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0, False)
     state = SimpleNamespace(cfg=SimpleNamespace(epochs=10))
