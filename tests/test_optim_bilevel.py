@@ -268,4 +268,8 @@ def test_cli_selects_the_optimiser_and_its_parameters():
     assert run.config["optimizer"] == "sam" and run.config["optimizer_params"] == {"rho": 0.2}
     assert main(["train", "--preset", "digits-quick", "--epochs", "1", "--loss", "autobalance", "--quiet"]) == 0
     auto = next(r for r in list_runs() if r.config["loss"] == "autobalance")
-    assert auto.config["val_fraction"] == 0.2 and auto.meta["n_val"] > 0
+    assert auto.config["val_fraction"] == 0.2 and auto.meta["n_val"] > 0 and "val_fraction=0.2" in auto.meta["val_note"]
+    ldam = ["--loss", "ldam", "--schedule", "drw", "--optimizer", "sam", "--quiet"]
+    assert main(["train", "--preset", "digits-quick", "--epochs", "2", *ldam]) == 0
+    run = next(r for r in list_runs() if r.config["loss"] == "ldam")
+    assert run.config["schedule"] == "drw" and run.config["optimizer"] == "sam" and run.meta["engine"] == "eager"
