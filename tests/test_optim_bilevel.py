@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltlib import losses, optim
+from ltlib import losses, optim, plots
 from ltlib.autobalance import implicit_hypergradient, top_hessian_eigenvalue
 from ltlib.cli import main
 from ltlib.contrastive import ResCom, supcon_per_sample
 from ltlib.fast import unsupported_reason
 from ltlib.models import build_model
 from ltlib.presets import preset
-from ltlib.runs import list_runs
+from ltlib.runs import list_runs, load_run
 from ltlib.train import batch_loss, optimizer_step, train, with_validation_split
 
 A = torch.tensor([[1.0, 0.2, 0.0], [0.2, 0.8, 0.1], [0.0, 0.1, 0.5]])
@@ -273,3 +273,13 @@ def test_cli_selects_the_optimiser_and_its_parameters():
     assert main(["train", "--preset", "digits-quick", "--epochs", "2", *ldam]) == 0
     run = next(r for r in list_runs() if r.config["loss"] == "ldam")
     assert run.config["schedule"] == "drw" and run.config["optimizer"] == "sam" and run.meta["engine"] == "eager"
+
+
+def test_learned_per_class_figure_from_a_saved_autobalance_run():
+    result = train(preset("digits-quick", epochs=2, loss="autobalance", loss_params={"start_epoch": 0}))
+    run = load_run(result.run_id)
+    fig = plots.learned_per_class(run)
+    assert len(fig.data) == 3 * 10  # σ(Δ), ι, ω for each of the 10 classes
+    assert list(fig.data[10].y) == [h["autobalance"]["shift"][0] for h in run.history]
+    with pytest.raises(ValueError, match="logged no per-class values under 'nope'"):
+        plots.learned_per_class(run, key="nope")
