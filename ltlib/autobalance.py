@@ -76,9 +76,10 @@ class AutoBalance(Loss):
     Upper step (the paper's implicit approximation): averaged ∇_w L_train over ``train_batches`` = 10
     training batches and ∇_w L_val over ``val_batches`` = 10 validation batches, ``neumann_terms`` = 5
     Neumann terms with α = ``neumann_lr`` = 1 (capped here at 1/λ_max(H), estimated by 5 steps of power
-    iteration, so that the series converges; the official code keeps α = 1), then momentum SGD (0.9, weight decay 1e-4) on Δ, ι, ω
-    with ``up_lr`` = 0.01, warmed up linearly over epochs/30 epochs (10 of 300) and decayed with the
-    model's learning rate. Updates start at ``start_epoch`` (default 0.4·epochs, 120 of 300).
+    iteration, so that the series converges; the official code keeps α = 1), then momentum SGD (0.9,
+    weight decay 1e-4) on Δ, ι, ω with ``up_lr`` = 0.01, warmed up linearly over epochs/30 epochs (10 of
+    300) and decayed with the model's learning rate. Updates start at ``start_epoch`` (default
+    0.4·epochs, 120 of 300).
 
     Differences from the official code: its upper steps are interleaved every ``iter_interval`` = 30
     training iterations; here the same number of steps per epoch, ⌈steps/iter_interval⌉, is taken
@@ -164,7 +165,9 @@ class AutoBalance(Loss):
         for _ in range(self.train_batches):
             idx = torch.randint(len(data.y_train), (batch,), generator=gen, device=gen.device).cpu()
             y = data.y_train[idx].to(state.device)
-            loss = self.adjusted_loss(logits_of(inputs(data.x_train[idx], gen)), y, hyper["dy"], hyper["ly"], hyper["wy"]).mean()
+            values = self.adjusted_loss(logits_of(inputs(data.x_train[idx], gen)), y, hyper["dy"], hyper["ly"], hyper["wy"])
+            cw = self.class_weight[y]  # the lower objective as trained, DRW weights included
+            loss = (cw * values).sum() / cw.sum()
             g = torch.autograd.grad(loss, params, create_graph=True)
             train_grads = list(g) if train_grads is None else [a + b for a, b in zip(train_grads, g)]
         train_grads = [g / self.train_batches for g in train_grads]
