@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,19 @@ def auto_model(input_shape: tuple[int, ...]) -> str:
     return "cnn" if input_shape[-1] < 32 else "resnet32"
 
 
+def with_validation_split(cfg: Config) -> tuple[Config, str]:
+    """The config with the validation split its loss needs, and a note saying so.
+
+    A loss that learns on held-out data (AutoBalance) declares ``default_val_fraction``; when
+    ``cfg.val_fraction`` is 0 that much of the long-tailed training set is held out instead.
+    """
+    default = getattr(losses.LOSSES.get(cfg.loss).obj, "default_val_fraction", 0.0)
+    if cfg.val_fraction > 0 or not default:
+        return cfg, ""
+    note = f"loss {cfg.loss!r} learns on a validation split: val_fraction={default} of the long-tailed training set held out"
+    return replace(cfg, val_fraction=default), note
+
+
 def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     """Load the dataset (or take the one given) and make it long-tailed with the config's seed."""
     base = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
@@ -290,11 +303,14 @@ def batch_loss(
     lam: torch.Tensor,
     use_bf16: bool,
     weight: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
 
-    ``weight`` (mixed batches only) multiplies each sample's term before the mean: methods that add
-    samples with their own loss weight (Open-sampling's noise images) set it.
+    ``weight`` multiplies each sample's term before the mean: methods that add samples with their
+    own loss weight (Open-sampling's noise images) set it. ``reduce`` (the optimiser's, if it has
+    one, e.g. ABSGD's attention weights) turns the per-sample values into the batch objective
+    instead of the mean.
     """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
@@ -302,9 +318,14 @@ def batch_loss(
         logits = model.head(feats)
     extra = {"features": feats.float()} if loss_fn.needs_features else {}
     if y_b is None:
-        return loss_fn(logits, y, **extra)
-    per_sample = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
-    return (per_sample if weight is None else weight * per_sample).mean()
+        if weight is None and reduce is None:
+            return loss_fn(logits, y, **extra)
+        values = loss_fn(logits, y, reduction="none", **extra)
+    else:
+        values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    if weight is not None:
+        values = weight * values
+    return values.mean() if reduce is None else reduce(values)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -329,6 +350,7 @@ def train(
 ) -> Result:
     """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``)."""
     cfg.validate()
+    cfg, val_note = with_validation_split(cfg)
     callbacks = list(callbacks)
 
     def emit(event: Event) -> None:
@@ -362,7 +384,12 @@ def train(
             inputs.channels_last = True
         if cfg.compile:
             model.backbone.compile()
-    optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
+    # A loss may own layers sized by the backbone (ResCom's projection head); they train with the model.
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(model)
+        loss_fn.to(device)
+    trainable = [*model.parameters(), *loss_fn.parameters()]
+    optimizer = optim.build(cfg.optimizer, trainable, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
     check_needs(cfg, data)
@@ -372,6 +399,7 @@ def train(
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
     hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    reduce = getattr(optimizer, "reduce", None)
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = samplers.draw_indices(y_train, class_probs, n, generator)
@@ -388,6 +416,8 @@ def train(
         )
     history: list[dict[str, Any]] = []
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
+    if val_note:
+        info["val_note"] = val_note
     # Graph capture (and compilation, if asked for) happens once, before the first epoch.
     info["setup_seconds"] = time.time() - setup_started
     emit(Event("start", 0, cfg.epochs, 0, steps, info))
@@ -417,7 +447,7 @@ def train(
 
             mixed_with = None if cfg.mixing == "none" else y_b
             weight = mixer.batch_weight  # per-sample loss weights of this batch, or None
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight))
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight, reduce))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
