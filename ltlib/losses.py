@@ -12,6 +12,7 @@ the cosine head with scale s); the training loop builds the model accordingly.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 from ltlib.registry import Registry, check_range
 
 LOSSES = Registry("loss", fixed=("class_counts",))
+TALLY = "Yang, Yao, Zhou & Finn, Multi-Domain Long-Tailed Learning by Augmenting Disentangled Representations, TMLR 2023"
 
 
 def available() -> list[str]:
@@ -40,6 +42,23 @@ def effective_number_weights(class_counts: np.ndarray | list[int], beta: float) 
     n = np.asarray(class_counts, dtype=np.float64)
     w = (1.0 - beta) / (1.0 - np.power(beta, n))
     return w / w.sum() * len(n)
+
+
+def momentum_update(
+    prototypes: torch.Tensor, seen: torch.Tensor, values: torch.Tensor, groups: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """In place: P_g ← m·P_g + (1 − m)·(mean of ``values`` in group g) for each group g in the batch.
+
+    A group not yet ``seen`` takes the batch mean as it is. Returns the mask of groups present.
+    """
+    n = torch.bincount(groups, minlength=len(prototypes)).to(values.dtype)
+    sums = torch.zeros_like(prototypes).index_add_(0, groups, values)
+    present = n > 0
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    means = sums[present] / n[present].reshape(shape)
+    keep = torch.where(seen[present], momentum, 0.0).to(values.dtype).reshape(shape)
+    prototypes[present] = keep * prototypes[present] + (1 - keep) * means
+    return present
 
 
 class Loss(nn.Module):
@@ -146,3 +165,48 @@ class LDAM(Loss):
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         shift = F.one_hot(targets, logits.shape[1]) * (self.s * self.margins[targets])[:, None]
         return F.cross_entropy(logits - shift, targets, reduction="none")
+
+
+@LOSSES.register("tally_proto", paper=TALLY)
+class TallyPrototype(Loss):
+    """Cross-entropy plus a cosine classifier on momentum-averaged, style-free class prototypes (TALLY's prototypes).
+
+    With n = (f − mean f)/std f the penultimate features normalised per sample (TALLY's removal
+    of instance statistics, here over the feature vector) and class prototypes updated once per
+    forward pass as P_c ← m·P_c + (1 − m)·mean_{i: y_i = c} n_i (no gradient; a class's first batch
+    sets P_c):
+
+        ℓ = −log softmax(z)_y − w · log softmax(s · cos(n, P))_y
+
+    m = 0.8 is the official code's momentum. In TALLY the prototype — averaged over a class's
+    examples from every domain, so domain effects cancel — enters only through the augmentation
+    (``tally_mix`` uses it there, on images); this loss is ltlib's classifier-side use of the same
+    prototype, pulling each feature towards its class's domain-averaged prototype. It is not a term
+    of the paper's objective, so ``w`` (weight) and ``s`` (scale, as a cosine classifier's) are
+    ltlib's choices. With ``selective_balanced`` sampling each class's batch is domain-balanced,
+    so the prototype weighs domains equally.
+    """
+
+    needs_features = True
+
+    def __init__(self, class_counts: np.ndarray | list[int], weight: float = 1.0, momentum: float = 0.8, scale: float = 10.0) -> None:
+        super().__init__(class_counts)
+        check_range("weight", weight, 0.0, float("inf"))
+        check_range("momentum", momentum, 0.0, 1.0)
+        check_range("scale", scale, 1e-6, float("inf"))
+        self.weight, self.momentum, self.scale = weight, momentum, scale
+        self.register_buffer("seen", torch.zeros(len(self.class_counts), dtype=torch.bool))
+        self.prototypes: torch.Tensor | None = None
+        # A mixed batch calls the loss twice with the same features: update the prototypes once.
+        self._updated_for: weakref.ref | None = None
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        n = F.layer_norm(features, features.shape[1:])
+        if self._updated_for is None or self._updated_for() is not features:
+            if self.prototypes is None:
+                self.prototypes = torch.zeros(len(self.class_counts), n.shape[1], device=n.device)
+            with torch.no_grad():
+                self.seen |= momentum_update(self.prototypes, self.seen, n.detach(), targets, self.momentum)
+            self._updated_for = weakref.ref(features)
+        proto_logits = self.scale * F.linear(F.normalize(n, dim=1), F.normalize(self.prototypes, dim=1))
+        return F.cross_entropy(logits, targets, reduction="none") + self.weight * F.cross_entropy(proto_logits, targets, reduction="none")

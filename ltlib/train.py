@@ -214,9 +214,18 @@ def auto_model(input_shape: tuple[int, ...]) -> str:
     return "cnn" if input_shape[-1] < 32 else "resnet32"
 
 
+def check_needs(cfg: Config, data: Dataset) -> None:
+    """Refuse methods whose registry entry needs what the dataset lacks (domains), naming a dataset that has it."""
+    chosen = [(losses.LOSSES, cfg.loss), (samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing)]
+    for registry, name in chosen:
+        if "domains" in registry.get(name).needs and data.domains_train is None:
+            raise ValueError(f"{name} needs a dataset with domains, e.g. digits-domains (dataset {data.name!r} has none)")
+
+
 def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     """Load the dataset (or take the one given) and make it long-tailed with the config's seed."""
     base = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
+    check_needs(cfg, base)
     data = make_long_tailed(base, cfg.imbalance, cfg.profile, cfg.seed, cfg.val_fraction)
     if cfg.batch_size > len(data.y_train):
         raise ValueError(
@@ -328,6 +337,7 @@ def train(
     counts = data.class_counts()
     inputs = Inputs(data, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    d_train = None if data.domains_train is None else data.domains_train.to(device)
 
     loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
     model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
@@ -364,6 +374,7 @@ def train(
             model, loss_fn, inputs, x_train, y_train, cfg.batch_size, generator, cfg, use_bf16, capture=device.type == "cuda"
         )
     history: list[dict[str, Any]] = []
+    domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
     # Graph capture (and compilation, if asked for) happens once, before the first epoch.
     info["setup_seconds"] = time.time() - setup_started
@@ -379,8 +390,9 @@ def train(
         for hook in hooks:
             hook.on_epoch_start(epoch, state)
 
-        order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
-        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn)
+        within = samplers.within_class_weights(state.sampler, y_train, d_train)
+        order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, state.sampler == "instance", within)
+        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn, data.num_domains)
         loss_sum = fast_epoch.loss_sum if fast_epoch is not None else torch.zeros((), device=device)
         loss_sum.zero_()
         if fast_epoch is not None:  # the whole epoch in one replay (ltlib.fast); same steps as below
@@ -390,6 +402,7 @@ def train(
             _check_cancel(cancel)
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = inputs(x_train[idx], generator), y_train[idx]
+            ctx.domains = None if d_train is None else d_train[idx]
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
@@ -408,15 +421,17 @@ def train(
             raise TrainingDiverged(message)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             logits_np, _ = evaluation_logits(model, inputs, data.x_test, cfg, counts)
-            summary = evaluate(logits_np, data.y_test.numpy(), counts)
+            summary = evaluate(logits_np, data.y_test.numpy(), counts, **domain_args)
             record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
+            if "per_domain_accuracy" in summary:
+                record["per_domain_accuracy"] = summary["per_domain_accuracy"]
             record["per_class_accuracy"] = summary["per_class_accuracy"]
             emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
         history.append(record)
         emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
 
     logits_np, feats_np = evaluation_logits(model, inputs, data.x_test, cfg, counts)
-    final = evaluate(logits_np, data.y_test.numpy(), counts)
+    final = evaluate(logits_np, data.y_test.numpy(), counts, **domain_args)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
     arrays = {
         "test_logits": logits_np,
