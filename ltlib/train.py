@@ -376,6 +376,9 @@ def train(
     history: list[dict[str, Any]] = []
     domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
+    if data.domain_names:
+        info["domain_names"] = data.domain_names
+        info["domain_class_counts"] = data.domain_class_counts().tolist()
     # Graph capture (and compilation, if asked for) happens once, before the first epoch.
     info["setup_seconds"] = time.time() - setup_started
     emit(Event("start", 0, cfg.epochs, 0, steps, info))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ltlib import losses, mixing, samplers
-from ltlib.data import load_dataset, long_tail_counts, make_long_tailed
+from ltlib.cli import main
+from ltlib.data import FASHION_MNIST_DIR, load_dataset, long_tail_counts, make_long_tailed
 from ltlib.metrics import evaluate
 from ltlib.presets import preset
 from ltlib.train import train
@@ -52,6 +53,16 @@ def test_validation_split_keeps_domains_aligned(domains_ds):
     assert lt.domains_val is not None and len(lt.domains_val) == len(lt.y_val)
     assert set((lt.domains_val * 10 + lt.y_val).tolist()) == set(range(30))  # every cell has >= 4 images, so >= 1 in val
     assert len(lt.y_train) + len(lt.y_val) == make_long_tailed(domains_ds, 10).domain_class_counts().sum()
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="Debian fashion-mnist package not installed")
+def test_fashion_mnist_domains_splits_the_pool_and_repeats_the_test_set():
+    ds = load_dataset("fashion-mnist-domains")
+    assert ds.input_shape == (3, 28, 28) and ds.num_domains == 3
+    assert len(ds.y_train) == 60000 and len(ds.y_test) == 30000
+    assert set(np.bincount(ds.domains_train.numpy() * 10 + ds.y_train.numpy()).tolist()) == {2000}
+    counts = make_long_tailed(ds, 100).domain_class_counts()
+    assert counts.max() == 2000 and counts.min() == 20
 
 
 def test_single_domain_datasets_have_no_domains_and_domain_counts_refuse():
@@ -256,3 +267,11 @@ def test_per_domain_accuracy_hand_case():
     assert e["per_domain_accuracy"] == {"a": 0.5, "b": 1.0} and e["worst_domain_accuracy"] == 0.5
     assert e["domain_class_accuracy"] == [[1.0, 0.0], [1.0, 1.0]]
     assert "per_domain_accuracy" not in evaluate(np.eye(2)[pred], labels, np.array([3, 2]))
+
+
+def test_cli_lists_needs_and_trains_on_domains(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "selective_balanced" in out and "needs: domains" in out and "digits-domains-quick" in out
+    args = ["train", "--preset", "digits-domains-quick", "--epochs", "1", "--sampler", "selective_balanced", "--quiet"]
+    assert main([*args, "--mixing", "tally_mix", "--mixing-param", "warmup=0"]) == 0
