@@ -131,8 +131,9 @@ def make_long_tailed(
     # Cells to subsample: (where, order, label) with ``order`` the classes from head to tail.
     cells = [(np.ones(len(y), bool), list(range(ds.num_classes)), "")]
     if dom is not None:
-        orders = ds.domain_class_orders or [list(range(ds.num_classes))] * ds.num_domains
-        cells = [(dom == d, orders[d], f" of domain {name!r}") for d, name in enumerate(ds.domain_names or [])]
+        names = ds.domain_names or [str(d) for d in range(int(dom.max()) + 1)]
+        orders = ds.domain_class_orders or [list(range(ds.num_classes))] * len(names)
+        cells = [(dom == d, orders[d], f" of domain {name!r}") for d, name in enumerate(names)]
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for where, order, label in cells:
@@ -316,7 +317,7 @@ def with_domains(base: Dataset, name: str, seed: int = 0) -> Dataset:
     differ per domain (identity, reversed, shifted by half), so :func:`make_long_tailed` makes a
     class that is a tail class in one domain a head or middle class in another.
     """
-    if base.is_image is False or base.input_shape[0] != 1:
+    if not base.is_image or base.input_shape[0] != 1:
         raise ValueError(f"dataset {base.name!r} must be single-channel images to be tinted into domains")
     names = list(DOMAIN_TINTS)
     n_dom, n_cls = len(names), base.num_classes

@@ -147,7 +147,11 @@ def evaluate(
     pca = per_class_accuracy(pred, labels, num_classes)
     groups = group_accuracy(pca, np.asarray(class_counts))
     m = margins(logits, labels)
-    by_domain = {} if domains is None else domain_accuracy(pred, labels, np.asarray(domains), list(domain_names or []), num_classes)
+    by_domain = {}
+    if domains is not None:
+        domains = np.asarray(domains)
+        names = list(domain_names or [str(d) for d in range(int(domains.max()) + 1)])
+        by_domain = domain_accuracy(pred, labels, domains, names, num_classes)
     return {
         "accuracy": float(np.mean(pred == labels)),
         "balanced_accuracy": float(np.nanmean(pca)),

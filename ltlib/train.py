@@ -445,6 +445,8 @@ def train(
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
+    if data.domains_test is not None:  # per-domain metrics can be recomputed from a saved run
+        arrays["test_domains"] = data.domains_test.numpy().astype(np.int64)
     if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
         val_logits, _ = evaluation_logits(model, inputs, data.x_val, cfg, counts)
         arrays.update(val_logits=val_logits, val_labels=data.y_val.numpy().astype(np.int64))

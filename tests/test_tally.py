@@ -12,6 +12,7 @@ from ltlib.cli import main
 from ltlib.data import FASHION_MNIST_DIR, load_dataset, long_tail_counts, make_long_tailed
 from ltlib.metrics import evaluate
 from ltlib.presets import preset
+from ltlib.runs import load_run
 from ltlib.train import train
 
 
@@ -257,6 +258,13 @@ def test_tally_methods_train_two_epochs_with_per_domain_accuracy(kw):
     assert "per_domain_accuracy" in result.history[-1]
     saved = json.loads((result.path / "eval.json").read_text())
     assert saved["per_domain_accuracy"] == e["per_domain_accuracy"]
+    run = load_run(result.path)
+    assert run.meta["domain_names"] == list(e["per_domain_accuracy"]) and np.array(run.meta["domain_class_counts"]).shape == (3, 10)
+    a = run.arrays
+    again = evaluate(
+        a["test_logits"], a["test_labels"], a["class_counts"], domains=a["test_domains"], domain_names=run.meta["domain_names"]
+    )
+    assert again["per_domain_accuracy"] == e["per_domain_accuracy"]
 
 
 def test_per_domain_accuracy_hand_case():
