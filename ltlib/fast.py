@@ -22,7 +22,7 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"optimizer {cfg.optimizer!r} is not captured (only plain SGD is)"
     if cfg.mixing != "none":
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
-    if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
+    if loss_fn.needs_features or loss_fn.needs_domains or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
     return None
 

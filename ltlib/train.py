@@ -287,13 +287,19 @@ def batch_loss(
     y_b: torch.Tensor | None,
     lam: torch.Tensor,
     use_bf16: bool,
+    domains: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample."""
+    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
+
+    A loss that asks gets the penultimate ``features=`` and the batch's ``domains=`` as well.
+    """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
         logits = model.head(feats)
-    extra = {"features": feats.float()} if loss_fn.needs_features else {}
+    extra: dict[str, Any] = {"features": feats.float()} if loss_fn.needs_features else {}
+    if loss_fn.needs_domains:
+        extra["domains"] = domains
     if y_b is None:
         return loss_fn(logits, y, **extra)
     return (lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)).mean()
@@ -409,7 +415,7 @@ def train(
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16))
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, ctx.domains))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 

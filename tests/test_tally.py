@@ -191,40 +191,45 @@ def test_tally_mix_warmup_returns_the_batch_unchanged_and_checks_its_inputs():
 # ----------------------------------------------------------------------------- tally_proto
 
 
-def test_tally_proto_prototypes_update_by_momentum_and_loss_matches_formula():
+def _standardise(f):  # per-sample standardisation (biased variance, ε = 1e-5, as layer_norm)
+    return (f - f.mean(-1, keepdim=True)) / (f.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
+def test_tally_proto_prototypes_are_domain_averaged_momentum_means_and_loss_matches_formula():
     loss = losses.build("tally_proto", [5, 5, 5], weight=0.5, scale=4.0)
-    f1 = torch.tensor([[1.0, 0.0, 0.0, 3.0], [0.0, 2.0, 0.0, 2.0], [1.0, 1.0, 1.0, 5.0]])
-    y1 = torch.tensor([0, 0, 1])
-    logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 2.0, 1.0]])
-
-    def norm(f):  # per-sample standardisation (biased variance, ε = 1e-5, as layer_norm)
-        return (f - f.mean(-1, keepdim=True)) / (f.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-
-    values = loss(logits, y1, reduction="none", features=f1)
-    p0, p1 = norm(f1[:2]).mean(0), norm(f1[2])
-    assert torch.allclose(loss.prototypes[0], p0, atol=1e-6) and torch.allclose(loss.prototypes[1], p1, atol=1e-6)
-    assert loss.seen.tolist() == [True, True, False]
+    # Class 0: two images in domain 0, one in domain 1; class 1: one image in domain 1; class 2 unseen.
+    f1 = torch.tensor([[1.0, 0.0, 0.0, 3.0], [0.0, 2.0, 0.0, 2.0], [4.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 5.0]])
+    y1, d1 = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    n = _standardise(f1)
+    values = loss(logits, y1, reduction="none", features=f1, domains=d1)
+    m00, m10 = (n[0] + n[1]) / 2, n[2]
+    p0 = (m00 + m10) / 2  # each domain counts once, not ∝ its images (which would be (n0 + n1 + n2)/3)
+    assert torch.allclose(loss.prototypes[0], p0, atol=1e-6) and torch.allclose(loss.prototypes[1], n[3], atol=1e-6)
+    assert loss.seen.tolist() == [[True, False, False], [True, True, False]]
+    assert not torch.allclose(p0, n[:3].mean(0), atol=1e-2)
     # ℓ_i = CE(z_i, y_i) + w·CE(s·cos(n_i, P), y_i); P_2 = 0 gives cosine 0.
-    for i in range(3):
-        n = norm(f1[i])
-        cos = torch.stack([torch.nn.functional.cosine_similarity(n, p, dim=0) for p in (p0, p1)] + [torch.tensor(0.0)])
-        ce = -torch.log_softmax(logits[i], 0)[y1[i]] - 0.5 * torch.log_softmax(4.0 * cos, 0)[y1[i]]
-        assert torch.isclose(values[i], ce, atol=1e-5)
+    for i in range(4):
+        cos = torch.stack([torch.nn.functional.cosine_similarity(n[i], p, dim=0) for p in (p0, n[3])] + [torch.tensor(0.0)])
+        expected = -torch.log_softmax(logits[i], 0)[y1[i]] - 0.5 * torch.log_softmax(4.0 * cos, 0)[y1[i]]
+        assert torch.isclose(values[i], expected, atol=1e-5)
     # The same features again (a mixed batch's second label set) do not update twice.
-    loss(logits, y1, reduction="none", features=f1)
+    loss(logits, y1, reduction="none", features=f1, domains=d1)
     assert torch.allclose(loss.prototypes[0], p0, atol=1e-6)
-    # A new batch: P_c ← 0.8·P_c + 0.2·(batch mean of class c); a first-seen class takes its batch mean.
+    # A new batch updates its cells by momentum, M ← 0.8·M + 0.2·(batch mean); a new domain grows the table.
     f2 = torch.tensor([[0.0, 0.0, 4.0, 1.0], [2.0, 1.0, 0.0, 0.0]])
-    loss(logits[:2], torch.tensor([0, 2]), features=f2)
-    assert torch.allclose(loss.prototypes[0], 0.8 * p0 + 0.2 * norm(f2[0]), atol=1e-6)
-    assert torch.allclose(loss.prototypes[1], p1, atol=1e-6)
-    assert torch.allclose(loss.prototypes[2], norm(f2[1]), atol=1e-6)
+    loss(logits[:2], torch.tensor([0, 0]), features=f2, domains=torch.tensor([1, 2]))
+    n2 = _standardise(f2)
+    assert torch.allclose(loss.prototypes[0], (m00 + (0.8 * m10 + 0.2 * n2[0]) + n2[1]) / 3, atol=1e-6)
+    assert torch.allclose(loss.prototypes[1], n[3], atol=1e-6)
+    with pytest.raises(ValueError, match="tally_proto needs a dataset with domains, e.g. digits-domains"):
+        losses.build("tally_proto", [5, 5, 5])(logits, y1, features=f1, domains=None)
 
 
 # ----------------------------------------------------------------------------- in training
 
 
-@pytest.mark.parametrize("kw", [dict(sampler="selective_balanced"), dict(mixing="tally_mix")])
+@pytest.mark.parametrize("kw", [dict(sampler="selective_balanced"), dict(mixing="tally_mix"), dict(loss="tally_proto")])
 def test_methods_needing_domains_refuse_digits_clearly(kw, isolated_home):
     name = next(iter(kw.values()))
     with pytest.raises(ValueError, match=f"{name} needs a dataset with domains, e.g. digits-domains"):
@@ -235,6 +240,7 @@ def test_methods_needing_domains_refuse_digits_clearly(kw, isolated_home):
 def test_registry_entries_declare_their_needs():
     assert samplers.SAMPLERS.get("selective_balanced").needs == ("domains",)
     assert mixing.MIXING.get("tally_mix").needs == ("domains",)
+    assert losses.LOSSES.get("tally_proto").needs == ("domains",)
     assert mixing.MIXING.get("tally_mix").defaults == {"alpha": 0.5, "momentum": 0.8, "warmup": 7 / 15}
 
 
