@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltlib import losses, mixing, samplers
+from ltlib import losses, mixing, plots, samplers
 from ltlib.cli import main
 from ltlib.data import FASHION_MNIST_DIR, load_dataset, long_tail_counts, make_long_tailed
 from ltlib.metrics import evaluate
@@ -271,6 +271,8 @@ def test_tally_methods_train_two_epochs_with_per_domain_accuracy(kw):
         a["test_logits"], a["test_labels"], a["class_counts"], domains=a["test_domains"], domain_names=run.meta["domain_names"]
     )
     assert again["per_domain_accuracy"] == e["per_domain_accuracy"]
+    heat = plots.domain_class_accuracy(run).data[0]
+    assert np.array(heat.z).shape == (3, 10) and np.array_equal(heat.text, run.meta["domain_class_counts"])
 
 
 def test_per_domain_accuracy_hand_case():
@@ -289,3 +291,9 @@ def test_cli_lists_needs_and_trains_on_domains(capsys):
     assert "selective_balanced" in out and "needs: domains" in out and "digits-domains-quick" in out
     args = ["train", "--preset", "digits-domains-quick", "--epochs", "1", "--sampler", "selective_balanced", "--quiet"]
     assert main([*args, "--mixing", "tally_mix", "--mixing-param", "warmup=0"]) == 0
+
+
+def test_domain_heatmap_refuses_a_single_domain_run():
+    run = load_run(train(preset("digits-quick", epochs=1)).path)
+    with pytest.raises(ValueError, match="has no per-domain results"):
+        plots.domain_class_accuracy(run)
