@@ -183,6 +183,9 @@ class Result:
     model: torch.nn.Module
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("training was cancelled")
@@ -200,6 +203,16 @@ def _choose_engine(cfg: Config, loss_fn: losses.Loss, device: torch.device) -> t
     return "graph", "CUDA graph" if device.type == "cuda" else "graph step, uncaptured on CPU"
 
 
+def check_needs(cfg: Config, data: Dataset) -> None:
+    """Raise ``ValueError`` when a chosen method needs images or domains that the dataset lacks."""
+    chosen = [(samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing), (losses.LOSSES, cfg.loss)]
+    for registry, name in chosen:
+        if "images" in registry.get(name).needs and not data.is_image:
+            raise ValueError(f"{registry.kind} {name!r} needs images; dataset {cfg.dataset!r} has feature vectors")
+        if "domains" in registry.get(name).needs and data.domains_train is None:
+            raise ValueError(f"{name} needs a dataset with domains, e.g. digits-domains (dataset {cfg.dataset!r} has none)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,18 +227,9 @@ def auto_model(input_shape: tuple[int, ...]) -> str:
     return "cnn" if input_shape[-1] < 32 else "resnet32"
 
 
-def check_needs(cfg: Config, data: Dataset) -> None:
-    """Refuse methods whose registry entry needs what the dataset lacks (domains), naming a dataset that has it."""
-    chosen = [(losses.LOSSES, cfg.loss), (samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing)]
-    for registry, name in chosen:
-        if "domains" in registry.get(name).needs and data.domains_train is None:
-            raise ValueError(f"{name} needs a dataset with domains, e.g. digits-domains (dataset {data.name!r} has none)")
-
-
 def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
     """Load the dataset (or take the one given) and make it long-tailed with the config's seed."""
     base = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_params)
-    check_needs(cfg, base)
     data = make_long_tailed(base, cfg.imbalance, cfg.profile, cfg.seed, cfg.val_fraction)
     if cfg.batch_size > len(data.y_train):
         raise ValueError(
@@ -287,11 +291,14 @@ def batch_loss(
     y_b: torch.Tensor | None,
     lam: torch.Tensor,
     use_bf16: bool,
+    weight: torch.Tensor | None = None,
     domains: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
 
-    A loss that asks gets the penultimate ``features=`` and the batch's ``domains=`` as well.
+    ``weight`` (mixed batches only) multiplies each sample's term before the mean: methods that add
+    samples with their own loss weight (Open-sampling's noise images) set it. A loss that asks gets
+    the penultimate ``features=`` and the batch's ``domains=`` as well.
     """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
@@ -302,7 +309,8 @@ def batch_loss(
         extra["domains"] = domains
     if y_b is None:
         return loss_fn(logits, y, **extra)
-    return (lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)).mean()
+    per_sample = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    return (per_sample if weight is None else weight * per_sample).mean()
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -335,7 +343,6 @@ def train(
 
     started = time.time()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
 
@@ -345,9 +352,13 @@ def train(
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     d_train = None if data.domains_train is None else data.domains_train.to(device)
 
-    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
-    model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    # Weights are initialised from the global RNG: the lock keeps runs trained side by side (ltlib.sweep,
+    # two app sessions) from drawing from each other's seed.
+    with _INIT_LOCK:
+        torch.manual_seed(cfg.seed)
+        loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
+        model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
+        model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
     model = model.to(device)
     if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
         raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
@@ -361,9 +372,12 @@ def train(
     optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
+    check_needs(cfg, data)
+    # A sampler that learns (meta) is an object; its hook sets state.class_probs each epoch.
+    learned_sampler = samplers.build_learner(cfg.sampler, counts, cfg.epochs, **cfg.sampler_params)
     state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
-    hooks = [h for h in (schedule, loss_fn, mixer, optimizer) if hasattr(h, "on_epoch_start")]
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,7 +429,8 @@ def train(
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, ctx.domains))
+            weight = mixer.batch_weight  # per-sample loss weights of this batch, or None
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight, ctx.domains))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
