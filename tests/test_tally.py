@@ -56,6 +56,7 @@ def test_validation_split_keeps_domains_aligned(domains_ds):
     assert len(lt.y_train) + len(lt.y_val) == make_long_tailed(domains_ds, 10).domain_class_counts().sum()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="Debian fashion-mnist package not installed")
 def test_fashion_mnist_domains_splits_the_pool_and_repeats_the_test_set():
     ds = load_dataset("fashion-mnist-domains")
