@@ -152,6 +152,29 @@ def confusion(run: Run, normalize: bool = True) -> go.Figure:
     )
 
 
+def domain_class_accuracy(run: Run) -> go.Figure:
+    """Test accuracy per (domain, class) of a multi-domain run, each cell labelled with its training count."""
+    if not (run.eval and "domain_class_accuracy" in run.eval):
+        raise ValueError(f"run {run.id!r} has no per-domain results; train on a dataset with domains, e.g. digits-domains")
+    acc = np.array(run.eval["domain_class_accuracy"], dtype=float)
+    counts = np.asarray(run.meta["domain_class_counts"])
+    domains = list(run.eval["per_domain_accuracy"])
+    fig = go.Figure(
+        go.Heatmap(
+            z=acc,
+            x=_names(run),
+            y=domains,
+            text=counts,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            hovertemplate="domain %{y}, class %{x}<br>accuracy %{z:.2f}<br>%{text} training images<extra></extra>",
+        )
+    )
+    return _layout(fig, "Accuracy per (domain, class); numbers: training images", xaxis=dict(title="class", type="category"))
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, title: str | None = None) -> go.Figure:
     """Reliability diagram: accuracy vs confidence per bin, with the gap and the diagonal."""
     b = metrics.reliability_bins(probs, labels, n_bins)
