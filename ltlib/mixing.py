@@ -202,7 +202,7 @@ class BilateralMixup(Mixing):
         return lam * x + (1 - lam) * x_r, y, y_r, lam.expand(len(y))
 
 
-@MIXING.register("cmo", paper="Park, Hong, Lee, Yun & Lee, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
+@MIXING.register("cmo", paper="Park, Hong, Heo, Yun & Choi, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
 class CMO(Mixing):
     """Context-rich minority oversampling: paste a box of a minority-sampled image onto each batch image.
 
