@@ -1,0 +1,21 @@
+"""Embeddings page: 2-D projection of the test set's penultimate features (PCA, UMAP, t-SNE), cached per run."""
+
+import time
+
+import common
+import streamlit as st
+
+from ltlib import embed, plots
+
+st.title("Embeddings")
+run = common.pick_run()
+if run is not None:
+    method = st.radio("projection", embed.METHODS, horizontal=True, key="w_projection", format_func=str.upper)
+    cached = (run.path / f"embedding-{method}.npy").exists()
+    started = time.perf_counter()
+    with st.spinner(f"computing {method.upper()} once for this run…" if not cached else "loading…"):
+        coords, labels = embed.run_embedding(run, method)
+    seconds = time.perf_counter() - started
+    names = run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
+    st.caption(f"{len(labels):,} test images · {method.upper()} {'from the cache' if cached else f'computed in {seconds:.2f} s'}")
+    common.figure(plots.embedding(coords, labels, names, f"Penultimate features ({method.upper()})"), f"embedding_{method}")
