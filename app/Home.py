@@ -29,6 +29,6 @@ st.set_page_config(page_title="Long-Tail Lab", layout="wide")
 common.settings()
 page = st.navigation([st.Page(path, title=title, icon=icon, default=title == "Train") for path, title, icon in PAGES])
 st.sidebar.caption("Long-Tail Lab: long-tailed image classification, method by method.")
-common.sidebar_monitor()
 page.run()
+common.sidebar_monitor()  # after the page: it may have just started a job
 common.sync_url()

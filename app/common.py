@@ -379,24 +379,18 @@ def pick_run(label: str = "run", where: Any = st) -> Run | None:
 def figure(fig: go.Figure, name: str, key: str | None = None) -> None:
     """A Plotly figure with PNG / SVG / PDF / CSV downloads (made only when clicked)."""
     st.plotly_chart(fig, key=key or f"fig_{name}", config={"displaylogo": False})
-    cols = st.columns([1, 1, 1, 1, 6])
-    for col, fmt in zip(cols, plots.FORMATS):
-        col.download_button(
-            fmt.upper(),
-            data=lambda fmt=fmt: plots.to_bytes(fig, fmt),
-            file_name=f"{name}.{fmt}",
-            mime={"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}[fmt],
-            key=f"dl_{key or name}_{fmt}",
-            on_click="ignore",
-        )
-    cols[3].download_button(
-        "CSV",
-        data=lambda: plots.figure_table(fig).to_csv(index=False),
-        file_name=f"{name}.csv",
-        mime="text/csv",
-        key=f"dl_{key or name}_csv",
-        on_click="ignore",
-    )
+    mimes = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "csv": "text/csv"}
+    with st.container(horizontal=True, gap="small"):
+        for fmt, mime in mimes.items():
+            st.download_button(
+                fmt.upper(),
+                data=(lambda: plots.figure_table(fig).to_csv(index=False)) if fmt == "csv" else (lambda fmt=fmt: plots.to_bytes(fig, fmt)),
+                file_name=f"{name}.{fmt}",
+                mime=mime,
+                key=f"dl_{key or name}_{fmt}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
 
 
 def zip_button(run: Run) -> None:

@@ -82,7 +82,8 @@ def per_class_accuracy(run: Run, title: str | None = None) -> go.Figure:
     )
     _group_bands(fig, counts, order)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], secondary_y=False)
-    fig.update_yaxes(title_text="train images", type="log", secondary_y=True)
+    # One tick per decade: plotly's default log ticks (1, 2, 5 …) crowd a small chart.
+    fig.update_yaxes(title_text="train images", type="log", dtick=1, showgrid=False, secondary_y=True)
     return _layout(fig, title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}", xaxis=dict(title="class (head → tail)"))
 
 

@@ -1,12 +1,156 @@
+"""Every page of the app under streamlit.testing's AppTest: renders, key widgets, a digits run end to end."""
+
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
 
+PAGES = ["data", "train", "per_class", "margins", "embeddings", "calibration", "compare", "lab", "lessons"]
 
-def test_home_trains_digits_and_shows_per_class_accuracy():
+
+def new_app() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=60)
     at.run()
     assert not at.exception
-    at.button(key="train").click().run()
+    return at
+
+
+def open_page(at: AppTest, name: str) -> AppTest:
+    at.switch_page(f"views/{name}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def finish_job(at: AppTest) -> None:
+    """Wait for the session's training thread, then rerun as the page's poll would."""
+    job = at.session_state["job"]
+    job.thread.join(timeout=120)
+    assert job.status == "finished", job.error
+    at.run()
+
+
+def train_digits(at: AppTest) -> None:
+    open_page(at, "train")
+    at.button(key="start").click().run()
     assert not at.exception and not at.error
-    assert [m.label for m in at.metric][:2] == ["balanced accuracy", "many"]
+    finish_job(at)
+
+
+@pytest.fixture
+def trained():
+    """An app session with one finished digits run."""
+    at = new_app()
+    train_digits(at)
+    return at
+
+
+def test_train_page_defaults_and_widgets():
+    at = new_app()  # the default page is Train
+    assert at.title[0].value == "Train"
+    labels = [s.label for s in at.selectbox]
+    for family in ("dataset", "model", "loss", "sampler", "mixing", "schedule", "optimizer"):
+        assert family in labels
+    assert at.selectbox(key="w_loss").value == "ce" and at.selectbox(key="w_dataset").value == "digits"
+    assert not at.button(key="start").disabled and at.button(key="stop").disabled
+
+
+def test_digits_run_from_train_page_finishes_and_shows_metrics(trained):
+    at = trained
+    assert [m.label for m in at.metric][:2] == ["balanced accuracy", "accuracy"]
+    assert 0 <= float(at.metric[0].value) <= 1
+    assert at.query_params["runs"] == at.session_state["job"].run_id
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_runs(page):
+    at = open_page(new_app(), page)
+    assert at.title[0].value.replace("-", "_").lower() == page
+
+
+@pytest.mark.parametrize("page", ["per_class", "margins", "embeddings", "calibration"])
+def test_run_pages_show_figures_of_the_run(trained, page):
+    at = open_page(trained, page)
+    assert at.selectbox(key="w_run").value == at.session_state["job"].run_id
+    assert len(at.get("plotly_chart")) >= 1
+    assert not at.error
+
+
+def test_bad_setting_shows_error_and_app_stays_usable():
+    at = new_app()
+    at.number_input(key="w_imbalance").set_value(0.5).run()
+    at.button(key="start").click().run()
+    assert "imbalance=0.5" in at.error[0].value
+    at.number_input(key="w_imbalance").set_value(10.0).run()
+    assert not at.exception and not at.button(key="start").disabled
+
+
+def test_batch_larger_than_data_reports_the_reason():
+    at = new_app()
+    at.number_input(key="w_batch").set_value(100000).run()
+    at.button(key="start").click().run()
+    job = at.session_state["job"]
+    job.thread.join(timeout=60)
+    at.run()
+    assert job.status == "error" and "batch_size=100000" in at.error[0].value
+
+
+def test_image_folder_outside_data_roots_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTLIB_DATA_ROOTS", str(tmp_path / "allowed"))
+    at = open_page(new_app(), "data")
+    at.selectbox(key="w_dataset").set_value("imagefolder").run()
+    at.text_input(key="w_data_path").input("/etc").run()
+    assert "outside the allowed data roots" in at.error[0].value
+    (tmp_path / "allowed").mkdir()
+    at.text_input(key="w_data_path").input(str(tmp_path / "allowed" / "missing")).run()
+    assert "does not exist" in at.error[0].value
+
+
+def test_url_parameters_set_the_controls():
+    at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=60)
+    at.query_params.update({"loss": "focal", "imbalance": "50", "mixing": "mixup"})
+    at.run()
+    assert at.selectbox(key="w_loss").value == "focal"
+    assert at.number_input(key="w_imbalance").value == 50.0
+    assert at.selectbox(key="w_mixing").value == "mixup"
+    at.selectbox(key="w_sampler").set_value("class_balanced").run()
+    assert at.query_params["sampler"] == "class_balanced" and at.query_params["loss"] == "focal"
+
+
+def test_unknown_url_value_is_ignored_with_a_warning():
+    at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=60)
+    at.query_params["loss"] = "no-such-loss"
+    at.run()
+    assert not at.exception and at.selectbox(key="w_loss").value == "ce"
+    assert "no-such-loss" in at.warning[0].value
+
+
+def test_lab_toggle_retrains_and_steps_back():
+    at = open_page(new_app(), "lab")
+    finish_job(at)
+    assert len(at.get("plotly_chart")) == 1  # the first result only
+    at.toggle(key="w_mixing_lab").set_value(True).run()
+    assert at.session_state["job"].cfg.mixing == "mixup"
+    finish_job(at)
+    assert len(at.get("plotly_chart")) == 4  # before, after, groups, delta
+    at.button(key="lab_back").click().run()
+    assert not at.toggle(key="w_mixing_lab").value  # controls follow the result shown
+    assert at.session_state["lab"].pos == 0
+
+
+def test_lesson_sets_lab_controls():
+    at = open_page(new_app(), "lessons")
+    at.button(key="lesson_2_1").click().run()
+    assert not at.exception
+    assert at.session_state["cfg"]["loss"] == "balanced_softmax"
+    at.session_state["job"].thread.join(timeout=120)
+
+
+def test_compare_names_the_single_toggle(trained):
+    at = trained
+    at.selectbox(key="w_loss").set_value("balanced_softmax").run()
+    at.button(key="start").click().run()
+    finish_job(at)
+    open_page(at, "compare")
+    text = " ".join(m.value for m in at.markdown)
+    assert "differ in one setting: **loss**" in text
+    assert len(at.get("plotly_chart")) == 3
