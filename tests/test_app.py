@@ -1,9 +1,13 @@
 """Every page of the app under streamlit.testing's AppTest: renders, key widgets, a digits run end to end."""
 
+import sys
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "app"))  # the app's shared helpers (common.py)
 
 PAGES = ["data", "train", "per_class", "margins", "embeddings", "calibration", "compare", "lab", "lessons"]
 
@@ -154,3 +158,34 @@ def test_compare_names_the_single_toggle(trained):
     text = " ".join(m.value for m in at.markdown)
     assert "differ in one setting: **loss**" in text
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_diverged_run_shows_its_error_and_is_marked_failed():
+    at = new_app()
+    at.number_input(key="w_lr").set_value(1e12).run()
+    at.number_input(key="w_epochs").set_value(3).run()
+    at.button(key="start").click().run()
+    job = at.session_state["job"]
+    job.thread.join(timeout=60)
+    at.run()
+    assert job.status == "failed"
+    assert any("training diverged" in e.value for e in at.error)
+    from ltlib.runs import list_runs
+
+    assert [r.status for r in list_runs()] == ["failed"]
+
+
+def test_url_round_trip_and_data_roots(tmp_path, monkeypatch):
+    import common
+
+    cfg = dict(common.DEFAULTS, loss="focal", imbalance=50.0, runs=["a", "b"])
+    params = common.url_params(cfg)
+    assert params == {"imbalance": "50", "loss": "focal", "runs": "a,b"}
+    back = dict(common.DEFAULTS, runs=[])
+    assert common.load_url(back, params) == [] and back == cfg
+    assert "profile" in common.load_url(back, {"profile": "zigzag"})[0]
+    monkeypatch.setenv("LTLIB_DATA_ROOTS", str(tmp_path))
+    (tmp_path / "imgs").mkdir()
+    assert common.check_data_path(str(tmp_path / "imgs")) == (tmp_path / "imgs").resolve()
+    with pytest.raises(ValueError, match="outside the allowed data roots"):
+        common.check_data_path(str(tmp_path / ".." / "elsewhere"))

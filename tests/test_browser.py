@@ -3,30 +3,17 @@
 One server and one browser per module. Screenshots go to ``test-artifacts/`` (git-ignored).
 """
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT / "app"))
+from testing import CHROMIUM, browser, chart_titles, go_to, open_page, server, wait_chart_title, wait_idle  # noqa: E402
+
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGES = ["Data", "Train", "Per-class", "Margins", "Embeddings", "Calibration", "Compare", "Lab", "Lessons"]
 
 pytestmark = pytest.mark.skipif(
@@ -34,68 +21,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app/Home.py` on a free port with its own run store; waits until it answers."""
-    port = free_port()
-    env = {**os.environ, "LTLIB_HOME": str(tmp / "runs"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.setdefault("LTLIB_CACHE", str(ROOT / ".cache"))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.port", str(port), "--server.headless", "true"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://localhost:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("streamlit server did not start")
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """(server url, browser context); the server is stopped at the end of the module."""
-    from playwright.sync_api import sync_playwright
-
-    tmp = tmp_path_factory.mktemp("browser")
-    proc, url = start_server(tmp)
+    """(server url, browser context): one server and one browser for the module."""
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        try:
-            yield url, context
-        finally:
-            context.close()
-            browser.close()
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def wait_idle(page) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
-    page.wait_for_timeout(300)
-
-
-def open_page(context, url: str):
-    page = context.new_page()
-    page.goto(url)
-    wait_idle(page)
-    return page
-
-
-def go_to(page, title: str) -> None:
-    """Switch page through the sidebar (same session, unlike a reload)."""
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-    page.wait_for_function(f"() => document.querySelector('h1') && document.querySelector('h1').textContent.startsWith({title!r})")
-    wait_idle(page)
+    with server(tmp_path_factory.mktemp("browser") / "runs") as url, browser() as context:
+        yield url, context
 
 
 def shot(page, name: str) -> None:
@@ -104,10 +35,6 @@ def shot(page, name: str) -> None:
 
 def assert_no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').first.inner_text()
-
-
-def chart_titles(page) -> list[str]:
-    return page.locator(".js-plotly-plot .gtitle").all_text_contents()
 
 
 def test_train_run_then_every_page_renders(app):
@@ -148,10 +75,7 @@ def test_lab_toggle_changes_chart_and_link_reopens_state(app):
     before = [t for t in chart_titles(page) if t.startswith("after")]
     assert "mixup off" in before[0]
     page.get_by_text("Mixup", exact=True).click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => t.textContent.startsWith('after') && t.textContent.includes('mixup on'))",
-        timeout=90_000,
-    )
+    wait_chart_title(page, "after", "mixup on")
     wait_idle(page)
     shot(page, "lab-after-toggle")
     titles = chart_titles(page)
