@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from ltlib import losses, mixing, optim, samplers, schedules
+from ltlib.calibration import Outputs, adjust
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
 from ltlib.fast import GraphEpoch, unsupported_reason
-from ltlib.metrics import evaluate, posthoc_adjust
+from ltlib.metrics import evaluate
 from ltlib.models import MODELS, NORMS, build_model
 from ltlib.runs import new_run_id, save_run
 
@@ -67,8 +68,10 @@ class Config:
     lr_gamma: float = 0.1
     cosine: bool = False
     eval_every: int = 10
-    # Post-hoc logit adjustment applied to the final evaluation: z − τ·log π (0 = off).
+    # Post-hoc logit adjustment applied at evaluation: z − τ·log π (0 = off).
     posthoc_tau: float = 0.0
+    # τ-normalised classifier at evaluation, z_c = f·w_c/‖w_c‖^τ (Kang et al. 2020; None = off).
+    tau_norm: float | None = None
     feature_samples: int = 2000
     seed: int = 0
     device: str = "auto"
@@ -118,6 +121,7 @@ class Config:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("val_fraction", 0 <= self.val_fraction < 1, "[0, 1)"),
             ("feature_samples", self.feature_samples >= 0, ">= 0"),
+            ("tau_norm", self.tau_norm is None or self.tau_norm >= 0, ">= 0, or None for off"),
             ("engine", self.engine in ("auto", "eager", "graph"), "auto, eager, graph"),
             ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "auto, cpu, cuda, cuda:N"),
         ]
@@ -179,6 +183,9 @@ class Result:
     model: torch.nn.Module
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("training was cancelled")
@@ -194,6 +201,14 @@ def _choose_engine(cfg: Config, loss_fn: losses.Loss, device: torch.device) -> t
     if cfg.engine == "auto" and device.type != "cuda":
         return "eager", "no CUDA device (graphs only pay off on a GPU)"
     return "graph", "CUDA graph" if device.type == "cuda" else "graph step, uncaptured on CPU"
+
+
+def check_needs(cfg: Config, data: Dataset) -> None:
+    """Raise ``ValueError`` when a chosen method needs images and the dataset has feature vectors."""
+    chosen = [(samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing), (losses.LOSSES, cfg.loss)]
+    for registry, name in chosen:
+        if "images" in registry.get(name).needs and not data.is_image:
+            raise ValueError(f"{registry.kind} {name!r} needs images; dataset {cfg.dataset!r} has feature vectors")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -255,6 +270,17 @@ def predict(model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, batch_size:
     return torch.cat(logits), torch.cat(feats)
 
 
+def evaluation_logits(
+    model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, cfg: Config, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test logits with the config's post-hoc adjustments (τ-norm, logit adjustment), and features."""
+    logits, feats = predict(model, inputs, x)
+    feats_np = feats.cpu().numpy()
+    weight = model.head.weight.detach().float().cpu().numpy() if cfg.tau_norm is not None else None
+    outputs = Outputs(logits.cpu().numpy(), np.empty(0), counts, feats_np, weight)
+    return adjust(outputs, tau_norm=cfg.tau_norm, logit_tau=cfg.posthoc_tau).astype(np.float32), feats_np
+
+
 def batch_loss(
     model: torch.nn.Module,
     loss_fn: losses.Loss,
@@ -263,8 +289,13 @@ def batch_loss(
     y_b: torch.Tensor | None,
     lam: torch.Tensor,
     use_bf16: bool,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample."""
+    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
+
+    ``weight`` (mixed batches only) multiplies each sample's term before the mean: methods that add
+    samples with their own loss weight (Open-sampling's noise images) set it.
+    """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
@@ -272,7 +303,8 @@ def batch_loss(
     extra = {"features": feats.float()} if loss_fn.needs_features else {}
     if y_b is None:
         return loss_fn(logits, y, **extra)
-    return (lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)).mean()
+    per_sample = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    return (per_sample if weight is None else weight * per_sample).mean()
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -305,7 +337,6 @@ def train(
 
     started = time.time()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
 
@@ -314,10 +345,16 @@ def train(
     inputs = Inputs(data, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
 
-    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
-    model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    # Weights are initialised from the global RNG: the lock keeps runs trained side by side (ltlib.sweep,
+    # two app sessions) from drawing from each other's seed.
+    with _INIT_LOCK:
+        torch.manual_seed(cfg.seed)
+        loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
+        model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
+        model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
     model = model.to(device)
+    if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
+        raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels for these fixed shapes
         if data.is_image and cfg.channels_last:
@@ -328,9 +365,12 @@ def train(
     optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
+    check_needs(cfg, data)
+    # A sampler that learns (meta) is an object; its hook sets state.class_probs each epoch.
+    learned_sampler = samplers.build_learner(cfg.sampler, counts, cfg.epochs, **cfg.sampler_params)
     state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
-    hooks = [h for h in (schedule, loss_fn, mixer, optimizer) if hasattr(h, "on_epoch_start")]
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,7 +416,8 @@ def train(
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16))
+            weight = mixer.batch_weight  # per-sample loss weights of this batch, or None
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
@@ -390,28 +431,33 @@ def train(
                 _save(cfg, data, counts, history, info, started, root, status="failed", error=message)
             raise TrainingDiverged(message)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            logits, _ = predict(model, inputs, data.x_test)
-            summary = evaluate(posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau), data.y_test.numpy(), counts)
+            logits_np, _ = evaluation_logits(model, inputs, data.x_test, cfg, counts)
+            summary = evaluate(logits_np, data.y_test.numpy(), counts)
             record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
             record["per_class_accuracy"] = summary["per_class_accuracy"]
             emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
         history.append(record)
         emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
 
-    logits, feats = predict(model, inputs, data.x_test)
-    logits_np = posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau).astype(np.float32)
+    logits_np, feats_np = evaluation_logits(model, inputs, data.x_test, cfg, counts)
     final = evaluate(logits_np, data.y_test.numpy(), counts)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
     arrays = {
         "test_logits": logits_np,
         "test_labels": data.y_test.numpy().astype(np.int64),
-        "features": feats.cpu().numpy()[pick].astype(np.float32),
+        # All test features (post-hoc τ-norm) and a fixed subset for embeddings.
+        "test_features": feats_np.astype(np.float32),
+        "features": feats_np[pick].astype(np.float32),
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
-    weight = getattr(model.head, "weight", None)
-    if weight is not None:
-        arrays["head_weight"] = weight.detach().float().cpu().numpy()
+    if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
+        val_logits, _ = evaluation_logits(model, inputs, data.x_val, cfg, counts)
+        arrays.update(val_logits=val_logits, val_labels=data.y_val.numpy().astype(np.int64))
+    for name in ("weight", "bias"):
+        value = getattr(model.head, name, None)
+        if isinstance(value, torch.Tensor):
+            arrays[f"head_{name}"] = value.detach().float().cpu().numpy()
     path = None
     run_id = ""
     if save:
