@@ -189,3 +189,19 @@ def test_url_round_trip_and_data_roots(tmp_path, monkeypatch):
     assert common.check_data_path(str(tmp_path / "imgs")) == (tmp_path / "imgs").resolve()
     with pytest.raises(ValueError, match="outside the allowed data roots"):
         common.check_data_path(str(tmp_path / ".." / "elsewhere"))
+
+
+def test_calibration_sliders_recompute_metrics_without_retraining(trained):
+    from ltlib import calibration, metrics
+    from ltlib.runs import load_run
+
+    at = open_page(trained, "calibration")
+    assert not at.slider(key="w_cal_tau_norm").disabled
+    assert at.metric[0].value == f"{load_run(at.session_state['job'].run_id).eval['balanced_accuracy']:.3f}"
+    at.slider(key="w_cal_logit_tau").set_value(1.0).run()
+    at.slider(key="w_cal_temperature").set_value(2.0).run()
+    assert not at.exception and not at.error
+    out = calibration.Outputs.from_run(load_run(at.session_state["job"].run_id))
+    want = metrics.evaluate(calibration.adjust(out, 2.0, None, 1.0), out.labels, out.class_counts)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["balanced accuracy"] == f"{want['balanced_accuracy']:.3f}" and shown["ECE"] == f"{want['ece']:.3f}"
