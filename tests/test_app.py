@@ -90,7 +90,7 @@ def test_bad_setting_shows_error_and_app_stays_usable():
 
 def test_batch_larger_than_data_reports_the_reason():
     at = new_app()
-    at.number_input(key="w_batch").set_value(100000).run()
+    at.number_input(key="w_cfg_digits-quick_batch_size").set_value(100000).run()
     at.button(key="start").click().run()
     job = at.session_state["job"]
     job.thread.join(timeout=60)
@@ -162,8 +162,8 @@ def test_compare_names_the_single_toggle(trained):
 
 def test_diverged_run_shows_its_error_and_is_marked_failed():
     at = new_app()
-    at.number_input(key="w_lr").set_value(1e12).run()
-    at.number_input(key="w_epochs").set_value(3).run()
+    at.number_input(key="w_cfg_digits-quick_lr").set_value(1e12).run()
+    at.number_input(key="w_cfg_digits-quick_epochs").set_value(3).run()
     at.button(key="start").click().run()
     job = at.session_state["job"]
     job.thread.join(timeout=60)
@@ -205,3 +205,17 @@ def test_calibration_sliders_recompute_metrics_without_retraining(trained):
     want = metrics.evaluate(calibration.adjust(out, 2.0, None, 1.0), out.labels, out.class_counts)
     shown = {m.label: m.value for m in at.metric}
     assert shown["balanced accuracy"] == f"{want['balanced_accuracy']:.3f}" and shown["ECE"] == f"{want['ece']:.3f}"
+
+
+def test_train_page_offers_every_config_field():
+    from dataclasses import fields
+
+    from ltlib.train import Config
+
+    at = new_app()
+    keys = {w.key for w in [*at.number_input, *at.text_input, *at.checkbox, *at.selectbox] if w.key}
+    family_fields = {f"{f}_params" for f in ("loss", "sampler", "mixing", "schedule", "optimizer")} | {"dataset_params", "model_params"}
+    for f in fields(Config):
+        if f.name in family_fields:
+            continue  # typed per method in each method's "parameters" expander
+        assert f"w_{f.name}" in keys or f"w_cfg_digits-quick_{f.name}" in keys, f.name

@@ -1,10 +1,13 @@
 """Train page: every config field with paper defaults, Start/Stop, live progress and curves."""
 
+from dataclasses import fields
+
 import common
 import streamlit as st
 
-from ltlib import plots
+from ltlib import plots, presets
 from ltlib.data import DATASETS
+from ltlib.models import MODELS
 from ltlib.runs import load_run
 from ltlib.train import Config
 
@@ -13,12 +16,13 @@ cfg = common.settings()
 defaults = Config()
 
 with st.container(border=True):
-    c = st.columns(5)
+    c = st.columns(6)
     dataset = common.choose("dataset", "dataset", DATASETS.available(), c[0], help=common.method_help(DATASETS))
     cfg["imbalance"] = c[1].number_input("imbalance", min_value=None, value=float(cfg["imbalance"]), step=10.0, key="w_imbalance")
     cfg["profile"] = c[2].selectbox("profile", ["exp", "step"], index=["exp", "step"].index(cfg["profile"]), key="w_profile")
     model = common.choose("model", "model", common.model_names(), c[3])
     norm = common.choose("norm layer", "norm", common.norm_names(), c[4])
+    cfg["seed"] = int(c[5].number_input("seed", value=int(cfg["seed"]), step=1, key="w_seed"))
 
 data_params = dict(st.session_state.get("data_params", {})) if dataset == "imagefolder" else {}
 try:
@@ -43,19 +47,46 @@ for col, (family, registry) in zip(cols, common.FAMILIES.items()):
             params[family] = common.method_params(registry, name, family)
         chosen[family] = name
 
-with st.expander("optimisation (LDAM-DRW recipe defaults)", expanded=False):
-    o = st.columns(6)
-    epochs = o[0].number_input("epochs", value=30, step=1, key="w_epochs")
-    batch_size = o[1].number_input("batch size", value=32, step=1, key="w_batch")
-    lr = o[2].number_input("learning rate", value=0.05, format="%g", key="w_lr")
-    weight_decay = o[3].number_input("weight decay", value=5e-4, format="%g", key="w_wd")
-    warmup = o[4].number_input("warm-up epochs", value=2, step=1, key="w_warmup")
-    eval_every = o[5].number_input("evaluate every", value=5, step=1, key="w_eval_every")
+# Every other Config field, typed from its default; the preset fills in quick values.
+HANDLED = {"dataset", "dataset_params", "imbalance", "profile", "model", "model_params", "norm", "seed", *common.FAMILIES}
+HANDLED |= {f"{f}_params" for f in common.FAMILIES}
+CHOICES = {"device": ["auto", "cpu", "cuda"], "engine": ["auto", "eager", "graph"]}
+with st.expander("training settings", expanded=False):
+    preset_name = st.selectbox("start from preset", presets.available(), key="w_preset", help="fills in the fields below")
+    start_values = {**defaults.to_dict(), **presets.PRESETS[preset_name]}
     st.caption(
-        f"Defaults here are the quick digits preset; the paper recipe (Config) is lr {defaults.lr}, weight decay "
-        f"{defaults.weight_decay}, batch {defaults.batch_size}, {defaults.epochs} epochs, {defaults.warmup_epochs} warm-up epochs."
+        f"Config defaults are the LDAM-DRW CIFAR recipe (lr {defaults.lr}, weight decay {defaults.weight_decay}, batch "
+        f"{defaults.batch_size}, {defaults.epochs} epochs); the quick presets shorten it for a CPU."
     )
-    device = st.selectbox("device", ["auto", "cpu", "cuda"], key="w_device")
+    grid = st.columns(6)
+    extra = {}
+    names = [f.name for f in fields(Config) if f.name not in HANDLED]
+    for i, fname in enumerate(names):
+        where, value, wkey = grid[i % 6], start_values[fname], f"w_cfg_{preset_name}_{fname}"
+        if fname in CHOICES:
+            extra[fname] = where.selectbox(fname, CHOICES[fname], index=CHOICES[fname].index(value), key=wkey)
+        elif isinstance(value, bool):
+            extra[fname] = where.checkbox(fname, value=value, key=wkey)
+        elif isinstance(value, int):
+            extra[fname] = int(where.number_input(fname, value=value, step=1, key=wkey))
+        elif isinstance(value, float):
+            extra[fname] = float(where.number_input(fname, value=value, format="%g", key=wkey))
+        else:  # lists and optional numbers: comma-separated text, empty = default
+            text = where.text_input(
+                fname, value=", ".join(map(str, value)) if isinstance(value, list) else ("" if value is None else str(value)), key=wkey
+            )
+            try:
+                extra[fname] = (
+                    [int(v) for v in text.split(",") if v.strip()] if isinstance(value, list) else (float(text) if text.strip() else None)
+                )
+            except ValueError:
+                st.error(f"{fname}={text!r} is not a number list")
+                st.stop()
+    if model != "auto":
+        st.markdown(f"**model {model}** — {MODELS.get(model).summary}")
+        model_params = common.method_params(MODELS, model, "model")
+    else:
+        model_params = {}
 
 job = common.current_job()
 b1, b2, _ = st.columns([1, 1, 6])
@@ -74,14 +105,9 @@ if start:
                 profile=cfg["profile"],
                 seed=int(cfg["seed"]),
                 model=model,
+                model_params=model_params,
                 norm=norm,
-                epochs=int(epochs),
-                batch_size=int(batch_size),
-                lr=float(lr),
-                weight_decay=float(weight_decay),
-                warmup_epochs=int(warmup),
-                eval_every=int(eval_every),
-                device=device,
+                **extra,
                 **{f: chosen[f] for f in chosen},
                 **{f"{f}_params": params[f] for f in chosen},
             )
