@@ -214,6 +214,37 @@ def embedding(coords: np.ndarray, labels: np.ndarray, names: list[str], title: s
     return _layout(fig, title, xaxis=dict(title="1"), yaxis=dict(title="2"))
 
 
+def decision_regions(grid: dict[str, np.ndarray], names: list[str], title: str = "Decision regions") -> go.Figure:
+    """Predicted class over the input plane (``embed.decision_grid``) with the test points on top."""
+    palette = [f"hsl({int(360 * c / len(names))},60%,{85}%)" for c in range(len(names))]
+    scale = [[v, palette[c]] for c in range(len(names)) for v in (c / len(names), (c + 1) / len(names))]
+    fig = go.Figure(
+        go.Heatmap(
+            x=grid["xs"],
+            y=grid["ys"],
+            z=grid["pred"],
+            zmin=-0.5,
+            zmax=len(names) - 0.5,
+            colorscale=scale,
+            showscale=False,
+            hoverinfo="skip",
+            name="region",
+        )
+    )
+    for c, name in enumerate(names):
+        sel = grid["y_test"] == c
+        fig.add_trace(
+            go.Scattergl(
+                x=grid["x_test"][sel, 0],
+                y=grid["x_test"][sel, 1],
+                mode="markers",
+                name=name,
+                marker=dict(size=4, color=f"hsl({int(360 * c / len(names))},70%,40%)"),
+            )
+        )
+    return _layout(fig, title, xaxis=dict(title="x₁"), yaxis=dict(title="x₂", scaleanchor="x"))
+
+
 def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Figure:
     """Per-class accuracy of several runs side by side, classes ordered by the first run's counts."""
     counts, names = np.asarray(runs[0].eval["class_counts"]), _names(runs[0])

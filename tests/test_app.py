@@ -219,3 +219,12 @@ def test_train_page_offers_every_config_field():
         if f.name in family_fields:
             continue  # typed per method in each method's "parameters" expander
         assert f"w_{f.name}" in keys or f"w_cfg_digits-quick_{f.name}" in keys, f.name
+
+
+def test_embeddings_page_shows_decision_regions_for_toy2d():
+    from ltlib.train import Config, train
+
+    train(Config(dataset="toy2d", model="mlp", epochs=2, batch_size=64, warmup_epochs=0, eval_every=2))
+    at = open_page(new_app(), "embeddings")
+    assert not at.error and len(at.get("plotly_chart")) == 1
+    assert "decision regions" in at.caption[0].value

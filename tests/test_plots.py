@@ -74,3 +74,21 @@ def test_figures_zip_holds_every_figure_and_its_csv(tmp_path):
     data = plots.figures_zip({k: figs[k] for k in ("per_class_accuracy", "confusion")}, formats=("svg",))
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert sorted(names) == ["confusion.csv", "confusion.svg", "per_class_accuracy.csv", "per_class_accuracy.svg"]
+
+
+def test_decision_regions_of_a_toy2d_run_put_each_class_mean_in_its_region():
+    from ltlib import embed
+    from ltlib.runs import load_run
+    from ltlib.train import Config, train
+
+    r = train(Config(dataset="toy2d", imbalance=1.0, model="mlp", epochs=8, batch_size=64, lr=0.05, warmup_epochs=0, eval_every=8))
+    grid = embed.decision_grid(load_run(r.run_id), size=60)
+    assert grid["pred"].shape == (60, 60)
+    for c in range(5):  # toy2d class means lie on a circle of radius 2 at angles 2πc/5
+        mx, my = 2 * np.cos(2 * np.pi * c / 5), 2 * np.sin(2 * np.pi * c / 5)
+        assert grid["pred"][np.abs(grid["ys"] - my).argmin(), np.abs(grid["xs"] - mx).argmin()] == c
+    fig = plots.decision_regions(grid, [f"class {c}" for c in range(5)])
+    assert fig.data[0].type == "heatmap" and len(fig.data) == 6
+    with pytest.raises(ValueError, match="2-D feature data"):
+        digits = train(Config(dataset="digits", model="mlp", epochs=1, batch_size=64, eval_every=1))
+        embed.decision_grid(load_run(digits.run_id))

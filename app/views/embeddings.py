@@ -6,10 +6,25 @@ import common
 import streamlit as st
 
 from ltlib import embed, plots
+from ltlib.runs import load_run
+
+
+@st.cache_resource(max_entries=8, show_spinner="drawing the decision regions…")
+def regions(path: str) -> dict:
+    """The decision grid of a run, once per run (runs never change)."""
+    return embed.decision_grid(load_run(path))
+
 
 st.title("Embeddings")
 run = common.pick_run()
-if run is not None:
+if run is not None and run.config["dataset"] == "toy2d":
+    st.caption("toy2d lives in 2-D already: here are the classifier's decision regions, with the test points.")
+    names = run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
+    grid = st.cache_data(embed.decision_grid, show_spinner="drawing the decision regions…", hash_funcs={type(run): lambda r: str(r.path)})(
+        run
+    )
+    common.figure(plots.decision_regions(grid, names), "decision_regions")
+elif run is not None:
     method = st.radio("projection", embed.METHODS, horizontal=True, key="w_projection", format_func=str.upper)
     cached = (run.path / f"embedding-{method}.npy").exists()
     started = time.perf_counter()
