@@ -55,10 +55,11 @@ if run is not None:
             ("nll", "NLL"),
         ],
     ):
+        change = now[k] - base[k]
         col.metric(
             label,
             f"{now[k]:.3f}",
-            delta=f"{now[k] - base[k]:+.3f}",
+            delta=f"{change:+.3f}" if abs(change) >= 5e-4 else None,
             delta_color="inverse" if k in ("ece", "classwise_ece", "nll") else "normal",
         )
 

@@ -15,6 +15,7 @@ def regions(path: str) -> dict:
     return embed.decision_grid(load_run(path))
 
 
+LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
 st.title("Embeddings")
 run = common.pick_run()
 if run is not None and run.config["dataset"] == "toy2d":
@@ -25,12 +26,12 @@ if run is not None and run.config["dataset"] == "toy2d":
     )
     common.figure(plots.decision_regions(grid, names), "decision_regions")
 elif run is not None:
-    method = st.radio("projection", embed.METHODS, horizontal=True, key="w_projection", format_func=str.upper)
+    method = st.radio("projection", embed.METHODS, horizontal=True, key="w_projection", format_func=LABELS.get)
     cached = (run.path / f"embedding-{method}.npy").exists()
     started = time.perf_counter()
-    with st.spinner(f"computing {method.upper()} once for this run…" if not cached else "loading…"):
+    with st.spinner(f"computing {LABELS[method]} once for this run…" if not cached else "loading…"):
         coords, labels = embed.run_embedding(run, method)
     seconds = time.perf_counter() - started
     names = run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
-    st.caption(f"{len(labels):,} test images · {method.upper()} {'from the cache' if cached else f'computed in {seconds:.2f} s'}")
-    common.figure(plots.embedding(coords, labels, names, f"Penultimate features ({method.upper()})"), f"embedding_{method}")
+    st.caption(f"{len(labels):,} test images · {LABELS[method]} {'from the cache' if cached else f'computed in {seconds:.2f} s'}")
+    common.figure(plots.embedding(coords, labels, names, f"Penultimate features ({LABELS[method]})"), f"embedding_{method}")
