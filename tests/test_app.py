@@ -228,3 +228,16 @@ def test_embeddings_page_shows_decision_regions_for_toy2d():
     at = open_page(new_app(), "embeddings")
     assert not at.error and len(at.get("plotly_chart")) == 1
     assert "decision regions" in at.caption[0].value
+
+
+def test_job_of_a_closed_tab_stops_itself():
+    """A job nobody polls (its tab was closed) cancels at its next event; nothing is saved."""
+    import common
+
+    from ltlib.presets import preset
+    from ltlib.runs import list_runs
+
+    job = common.Job(preset("digits-quick", epochs=2))
+    job.last_seen -= common.ORPHAN_SECONDS + 1
+    job.run()
+    assert job.status == "cancelled" and list_runs() == []
