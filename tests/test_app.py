@@ -241,3 +241,15 @@ def test_job_of_a_closed_tab_stops_itself():
     job.last_seen -= common.ORPHAN_SECONDS + 1
     job.run()
     assert job.status == "cancelled" and list_runs() == []
+
+
+def test_lab_waits_for_a_train_page_run_instead_of_cancelling_it():
+    at = new_app()
+    at.number_input(key="w_cfg_digits-quick_epochs").set_value(200).run()
+    at.button(key="start").click().run()
+    job = at.session_state["job"]
+    open_page(at, "lab")
+    assert at.session_state["job"] is job and not job.cancel.is_set()
+    assert "still training" in at.info[0].value
+    job.cancel.set()
+    job.thread.join(timeout=60)

@@ -58,7 +58,10 @@ controls = {k: cfg[k] for k in ("loss", "sampler", "mixing", "imbalance")}
 key = tuple(controls.values())
 
 job = common.current_job()
-if key != lab.key:
+if job is not None and job.running and job.tag != "lab":
+    # One training per session: a Train-page run is not cancelled behind the user's back.
+    st.info("A run started on the **Train** page is still training; the Lab retrains when it ends (or stop it there).")
+elif key != lab.key:
     lab.key = key
     known = [i for i, e in enumerate(lab.entries) if tuple(e["controls"].values()) == key]
     if known:
