@@ -40,6 +40,12 @@ def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndar
     raise ValueError(f"unknown projection {method!r}; choose one of: {', '.join(METHODS)}")
 
 
+def warm_up(method: str = "umap") -> None:
+    """Compile a projection's numba kernels on a tiny random set (UMAP: ~30 s of JIT once per process),
+    so the first real projection of a run costs only its own computation."""
+    project(np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32), method)
+
+
 def run_embedding(run: Run, method: str = "pca") -> tuple[np.ndarray, np.ndarray]:
     """Projected features of a run's saved test subset and their labels, computed once and cached."""
     if method not in METHODS:

@@ -1,5 +1,6 @@
 """Every page of the app under streamlit.testing's AppTest: renders, key widgets, a digits run end to end."""
 
+import os
 import sys
 
 import pytest
@@ -8,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "app"))  # the app's shared helpers (common.py)
+os.environ["LTLIB_UMAP_WARM_UP"] = "0"  # no background UMAP compilation in tests
 
 PAGES = ["data", "train", "per_class", "margins", "embeddings", "calibration", "compare", "lab", "lessons"]
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def app(tmp_path_factory):
     """(server url, browser context): one server and one browser for the module."""
     ARTIFACTS.mkdir(exist_ok=True)
-    with server(tmp_path_factory.mktemp("browser") / "runs") as url, browser() as context:
+    with server(tmp_path_factory.mktemp("browser") / "runs", env={"LTLIB_UMAP_WARM_UP": "0"}) as url, browser() as context:
         yield url, context
 
 

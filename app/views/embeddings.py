@@ -1,5 +1,7 @@
 """Embeddings page: 2-D projection of the test set's penultimate features (PCA, UMAP, t-SNE), cached per run."""
 
+import os
+import threading
 import time
 
 import common
@@ -15,6 +17,14 @@ def regions(path: str) -> dict:
     return embed.decision_grid(load_run(path))
 
 
+@st.cache_resource(show_spinner=False)
+def umap_warm_up() -> threading.Thread:
+    """Once per server process: compile UMAP in the background while the user looks at PCA."""
+    thread = threading.Thread(target=embed.warm_up, args=("umap",), name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
 st.title("Embeddings")
 run = common.pick_run()
@@ -26,6 +36,8 @@ if run is not None and run.config["dataset"] == "toy2d":
     )
     common.figure(plots.decision_regions(grid, names), "decision_regions")
 elif run is not None:
+    if os.environ.get("LTLIB_UMAP_WARM_UP", "1") != "0":  # tests switch it off to spare the CPU
+        umap_warm_up()
     method = st.radio("projection", embed.METHODS, horizontal=True, key="w_projection", format_func=LABELS.get)
     cached = (run.path / f"embedding-{method}.npy").exists()
     started = time.perf_counter()
