@@ -23,6 +23,7 @@ from ltlib.runs import Run
 
 GROUP_COLOURS = {"many": "rgba(31,119,180,0.10)", "medium": "rgba(255,127,14,0.10)", "few": "rgba(214,39,40,0.10)"}
 FORMATS = ("png", "svg", "pdf")
+WEBGL_POINTS = 5000
 _kaleido_started = False
 
 
@@ -207,10 +208,12 @@ def weight_norms(run: Run) -> go.Figure:
 
 def embedding(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str = "Feature embedding") -> go.Figure:
     """2-D scatter of projected features, coloured by class."""
+    # SVG draws a few thousand points faster than WebGL starts up (and needs no GPU); WebGL beyond that.
+    scatter = go.Scattergl if len(coords) > WEBGL_POINTS else go.Scatter
     fig = go.Figure()
     for c, name in enumerate(names):
         sel = labels == c
-        fig.add_trace(go.Scattergl(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=name, marker=dict(size=5)))
+        fig.add_trace(scatter(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=name, marker=dict(size=5)))
     return _layout(fig, title, xaxis=dict(title="1"), yaxis=dict(title="2"))
 
 
@@ -234,7 +237,7 @@ def decision_regions(grid: dict[str, np.ndarray], names: list[str], title: str =
     for c, name in enumerate(names):
         sel = grid["y_test"] == c
         fig.add_trace(
-            go.Scattergl(
+            (go.Scattergl if len(grid["x_test"]) > WEBGL_POINTS else go.Scatter)(
                 x=grid["x_test"][sel, 0],
                 y=grid["x_test"][sel, 1],
                 mode="markers",
