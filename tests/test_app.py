@@ -255,3 +255,18 @@ def test_lab_waits_for_a_train_page_run_instead_of_cancelling_it():
     assert "still training" in at.info[0].value
     job.cancel.set()
     job.thread.join(timeout=60)
+
+
+def test_stop_cancels_the_run_and_saves_nothing():
+    from ltlib.runs import list_runs
+
+    at = new_app()
+    at.number_input(key="w_cfg_digits-quick_epochs").set_value(500).run()
+    at.button(key="start").click().run()
+    assert not at.button(key="stop").disabled
+    at.button(key="stop").click().run()
+    job = at.session_state["job"]
+    job.thread.join(timeout=60)
+    at.run()
+    assert job.status == "cancelled" and list_runs() == []
+    assert any("stopped" in i.value for i in at.info)
