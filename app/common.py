@@ -123,12 +123,12 @@ def set_settings(**values: Any) -> None:
             del st.session_state[key]
 
 
-def choose(label: str, key: str, options: list[str], where: Any = st, **kw: Any) -> str:
-    """A selectbox bound to setting ``key`` (kept across pages and in the URL)."""
+def choose(label: str, key: str, options: list[str], where: Any = st, widget: str | None = None, **kw: Any) -> str:
+    """A selectbox bound to setting ``key`` (kept across pages and in the URL); ``widget`` overrides its widget key."""
     cfg = settings()
     if cfg[key] not in options:
         cfg[key] = options[0]
-    cfg[key] = where.selectbox(label, options, index=options.index(cfg[key]), key=f"w_{key}", **kw)
+    cfg[key] = where.selectbox(label, options, index=options.index(cfg[key]), key=widget or f"w_{key}", **kw)
     return cfg[key]
 
 

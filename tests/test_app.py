@@ -270,3 +270,15 @@ def test_stop_cancels_the_run_and_saves_nothing():
     at.run()
     assert job.status == "cancelled" and list_runs() == []
     assert any("stopped" in i.value for i in at.info)
+
+
+def test_lab_dataset_choice_picks_its_quick_preset():
+    at = open_page(new_app(), "lab")
+    first = at.session_state["job"]
+    assert first.cfg.dataset == "digits" and first.cfg.model == "mlp"
+    at.selectbox(key="w_dataset_lab").set_value("fashion-mnist").run()
+    job = at.session_state["job"]
+    assert job.cfg.dataset == "fashion-mnist" and job.cfg.model == "cnn" and first.cancel.is_set()
+    assert at.query_params["dataset"] == "fashion-mnist"
+    job.cancel.set()
+    job.thread.join(timeout=120)
