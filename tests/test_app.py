@@ -278,7 +278,8 @@ def test_lab_dataset_choice_picks_its_quick_preset():
     assert first.cfg.dataset == "digits" and first.cfg.model == "mlp"
     at.selectbox(key="w_dataset_lab").set_value("fashion-mnist").run()
     job = at.session_state["job"]
-    assert job.cfg.dataset == "fashion-mnist" and job.cfg.model == "cnn" and first.cancel.is_set()
+    assert job.cfg.dataset == "fashion-mnist" and job.cfg.model == "cnn"
+    assert first.cancel.is_set() or not first.running  # one training per session
     assert at.query_params["dataset"] == "fashion-mnist"
     job.cancel.set()
     job.thread.join(timeout=120)
