@@ -85,7 +85,13 @@ def per_class_accuracy(run: Run, title: str | None = None) -> go.Figure:
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], secondary_y=False)
     # One tick per decade: plotly's default log ticks (1, 2, 5 …) crowd a small chart.
     fig.update_yaxes(title_text="train images", type="log", dtick=1, showgrid=False, secondary_y=True)
-    return _layout(fig, title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}", xaxis=dict(title="class (head → tail)"))
+    return _layout(
+        fig,
+        title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}",
+        xaxis=dict(title="class (head → tail)"),
+        # Legend above the plot: beside it, it hides the count axis' labels in a narrow chart.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
 
 
 def training_curves(
