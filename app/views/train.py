@@ -127,12 +127,14 @@ def live() -> None:
         st.info("Pick the methods and press **Start**: digits-LT trains in a few seconds on a CPU.")
         return
     common.job_status(j)
-    if j.history:
-        st.plotly_chart(plots.training_curves(j.history), key="live_curves")
     if j.status == "finished" and j.run_id:
         run = load_run(j.run_id)
         st.success(f"finished in {j.seconds:.1f} s on {run.meta.get('device')} — run {run.id}")
         common.metric_row(run.eval)
+        common.figure(plots.training_curves(run.history), "training_curves", key="train_curves")
+        common.zip_button(run)
+    elif j.history:  # live, redrawn at each poll
+        st.plotly_chart(plots.training_curves(j.history), key="live_curves")
 
 
 live()
