@@ -4,6 +4,7 @@ One server and one browser per module. Screenshots go to ``test-artifacts/`` (gi
 """
 
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,12 @@ def test_train_run_then_every_page_renders(app):
     wait_idle(page)
     shot(page, "train-finished")
     assert "balanced accuracy" in page.locator('[data-testid="stMetric"]').first.inner_text()
+    with page.expect_download(timeout=180_000) as dl:
+        page.get_by_role("button", name="All figures of this run (zip)").click()
+    names = zipfile.ZipFile(dl.value.path()).namelist()
+    assert {"per_class_accuracy.png", "per_class_accuracy.svg", "per_class_accuracy.pdf", "per_class_accuracy.csv", "confusion.png"} <= set(
+        names
+    )
     for name in PAGES:
         go_to(page, name)
         assert_no_exception(page)
