@@ -283,3 +283,17 @@ def test_lab_dataset_choice_picks_its_quick_preset():
     assert at.query_params["dataset"] == "fashion-mnist"
     job.cancel.set()
     job.thread.join(timeout=120)
+
+
+def test_method_needing_domains_is_marked_and_blocked_on_single_domain_data():
+    from ltlib import samplers
+
+    needy = [n for n in samplers.SAMPLERS.available() if "domains" in samplers.SAMPLERS.get(n).needs]
+    if not needy:
+        pytest.skip("no registered sampler declares needs=('domains',)")
+    at = new_app()
+    at.selectbox(key="w_sampler").set_value(needy[0]).run()
+    assert at.button(key="start").disabled
+    assert any("needs domains" in e.value for e in at.error)
+    at.selectbox(key="w_dataset").set_value("digits-domains").run()
+    assert not at.button(key="start").disabled and not at.error
