@@ -145,7 +145,7 @@ def test_lab_toggle_retrains_and_steps_back():
 
 def test_lesson_sets_lab_controls():
     at = open_page(new_app(), "lessons")
-    at.button(key="lesson_2_1").click().run()
+    at.button(key="lesson_2_2").click().run()
     assert not at.exception
     assert at.session_state["cfg"]["loss"] == "balanced_softmax"
     at.session_state["job"].thread.join(timeout=120)

@@ -23,22 +23,25 @@ LESSONS = [
         [
             dict(loss="ce", sampler="instance", mixing="none", imbalance=100.0),
             dict(loss="ce", sampler="class_balanced", mixing="none", imbalance=100.0),
-            dict(loss="focal", sampler="instance", mixing="none", imbalance=100.0),
+            dict(loss="class_balanced", sampler="instance", mixing="none", imbalance=100.0),
         ],
         "Class-balanced sampling lifts the tail but repeats the same few images (watch the head lose a little); "
-        "loss re-weighting changes the gradients instead. Compare the few-shot bars and the Δ chart.",
+        "the class-balanced loss (Cui et al. 2019) re-weights the gradients instead. Compare the few-shot bars and the Δ chart.",
     ),
     (
         "3. Logit adjustment",
-        "Subtract the label prior from the logits inside the loss (balanced softmax = logit-adjusted loss).",
+        "Add the label prior to the logits inside the loss (logit-adjusted loss, Menon et al. 2021; balanced softmax, "
+        "Ren et al. 2020), or subtract it after training with the Calibration page's logit-adjustment slider.",
         [
             dict(loss="ce", sampler="instance", mixing="none", imbalance=100.0),
+            dict(loss="logit_adjusted", sampler="instance", mixing="none", imbalance=100.0),
             dict(loss="balanced_softmax", sampler="instance", mixing="none", imbalance=100.0),
         ],
-        "The decision boundary moves towards the head classes: the tail gains most. On the Margins page, tail margins grow.",
+        "The decision boundary moves towards the head classes: the tail gains most. On the Margins page, tail margins "
+        "grow; on the Calibration page, τ = 1 on the plain CE run gets much of the same gain without retraining.",
     ),
     (
-        "4. Calibration and experts",
+        "4. Calibration",
         "Mixup on the long tail, then open the Calibration page.",
         [
             dict(loss="ce", sampler="instance", mixing="none", imbalance=100.0),
@@ -62,9 +65,9 @@ for i, (title, what, steps, look_for) in enumerate(LESSONS):
         st.subheader(title)
         st.write(what)
         st.markdown(f"**What to look for:** {look_for}")
-        cols = st.columns(len(steps) + 1)
-        for j, (col, step) in enumerate(zip(cols, steps)):
+        row = st.container(horizontal=True)
+        for j, step in enumerate(steps):
             text = f"step {j + 1}: {step['loss']} · {step['sampler']} · mixup {'on' if step['mixing'] != 'none' else 'off'} · ×{step['imbalance']:g}"
-            if col.button(text, key=f"lesson_{i}_{j}"):
+            if row.button(text, key=f"lesson_{i}_{j}"):
                 common.set_settings(**step)
                 st.switch_page("views/lab.py")
