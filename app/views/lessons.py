@@ -67,7 +67,8 @@ for i, (title, what, steps, look_for) in enumerate(LESSONS):
         st.markdown(f"**What to look for:** {look_for}")
         row = st.container(horizontal=True)
         for j, step in enumerate(steps):
-            text = f"step {j + 1}: {step['loss']} · {step['sampler']} · mixup {'on' if step['mixing'] != 'none' else 'off'} · ×{step['imbalance']:g}"
+            mix = "on" if step["mixing"] != "none" else "off"
+            text = f"step {j + 1}: loss {step['loss']} · sampler {step['sampler']} · mixup {mix} · ×{step['imbalance']:g}"
             if row.button(text, key=f"lesson_{i}_{j}"):
                 common.set_settings(**step)
                 st.switch_page("views/lab.py")
