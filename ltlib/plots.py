@@ -413,6 +413,8 @@ def run_figures(run: Run) -> dict[str, go.Figure]:
     }
     if "head_weight" in run.arrays:
         figs["weight_norms"] = weight_norms(run)
+    if "test_expert_logits" in run.arrays:
+        figs["expert_accuracy"] = expert_accuracy(run)
     return figs
 
 

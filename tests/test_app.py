@@ -301,3 +301,12 @@ def test_method_needing_domains_is_marked_and_blocked_on_single_domain_data():
     assert any("needs domains" in e.value for e in at.error)
     at.selectbox(key="w_dataset").set_value("digits-domains").run()
     assert not at.button(key="start").disabled and not at.error
+
+
+def test_per_class_page_shows_each_balpoe_expert_beside_the_product():
+    from ltlib.presets import preset
+    from ltlib.train import train
+
+    train(preset("digits-quick", loss="balpoe", epochs=3))
+    at = open_page(new_app(), "per_class")
+    assert "fig_expert_accuracy" in {c.key for c in at.get("plotly_chart")}

@@ -1,4 +1,4 @@
-"""Per-class page: accuracy per class (head → tail) with counts, the trend, confusion matrix, group summary."""
+"""Per-class page: accuracy per class (head → tail) with counts, the trend, confusion matrix, group summary; BalPoE experts beside their product."""
 
 import common
 import streamlit as st
@@ -16,6 +16,8 @@ if run is not None:
         common.figure(plots.accuracy_vs_count(run), "accuracy_vs_count")
     with right:
         common.figure(plots.group_accuracy([run.eval], [run.config["loss"]]), "group_accuracy")
+    if "test_expert_logits" in run.arrays:  # BalPoE: each expert beside the product
+        common.figure(plots.expert_accuracy(run), "expert_accuracy")
     common.figure(plots.confusion(run), "confusion")
     common.figure(plots.training_curves(run.history), "training_curves")
     common.zip_button(run)
