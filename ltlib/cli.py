@@ -53,6 +53,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         elif typing.get_origin(hint) is list:
             p.add_argument(flag, dest=f.name, type=int, nargs="*", metavar="EPOCH")
         else:
+            # Optional fields (``float | None``) parse as their non-None type.
+            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
             kind = hint if hint in (int, float) else str
             p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper())
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from ltlib import losses, mixing, optim, samplers, schedules
+from ltlib.calibration import Outputs, adjust
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
 from ltlib.fast import GraphEpoch, unsupported_reason
-from ltlib.metrics import evaluate, posthoc_adjust
+from ltlib.metrics import evaluate
 from ltlib.models import MODELS, NORMS, build_model
 from ltlib.runs import new_run_id, save_run
 
@@ -67,8 +68,10 @@ class Config:
     lr_gamma: float = 0.1
     cosine: bool = False
     eval_every: int = 10
-    # Post-hoc logit adjustment applied to the final evaluation: z − τ·log π (0 = off).
+    # Post-hoc logit adjustment applied at evaluation: z − τ·log π (0 = off).
     posthoc_tau: float = 0.0
+    # τ-normalised classifier at evaluation, z_c = f·w_c/‖w_c‖^τ (Kang et al. 2020; None = off).
+    tau_norm: float | None = None
     feature_samples: int = 2000
     seed: int = 0
     device: str = "auto"
@@ -118,6 +121,7 @@ class Config:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("val_fraction", 0 <= self.val_fraction < 1, "[0, 1)"),
             ("feature_samples", self.feature_samples >= 0, ">= 0"),
+            ("tau_norm", self.tau_norm is None or self.tau_norm >= 0, ">= 0, or None for off"),
             ("engine", self.engine in ("auto", "eager", "graph"), "auto, eager, graph"),
             ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "auto, cpu, cuda, cuda:N"),
         ]
@@ -255,6 +259,17 @@ def predict(model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, batch_size:
     return torch.cat(logits), torch.cat(feats)
 
 
+def evaluation_logits(
+    model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, cfg: Config, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test logits with the config's post-hoc adjustments (τ-norm, logit adjustment), and features."""
+    logits, feats = predict(model, inputs, x)
+    feats_np = feats.cpu().numpy()
+    weight = model.head.weight.detach().float().cpu().numpy() if cfg.tau_norm is not None else None
+    outputs = Outputs(logits.cpu().numpy(), np.empty(0), counts, feats_np, weight)
+    return adjust(outputs, tau_norm=cfg.tau_norm, logit_tau=cfg.posthoc_tau).astype(np.float32), feats_np
+
+
 def batch_loss(
     model: torch.nn.Module,
     loss_fn: losses.Loss,
@@ -318,6 +333,8 @@ def train(
     model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
     model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
     model = model.to(device)
+    if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
+        raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels for these fixed shapes
         if data.is_image and cfg.channels_last:
@@ -390,28 +407,33 @@ def train(
                 _save(cfg, data, counts, history, info, started, root, status="failed", error=message)
             raise TrainingDiverged(message)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            logits, _ = predict(model, inputs, data.x_test)
-            summary = evaluate(posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau), data.y_test.numpy(), counts)
+            logits_np, _ = evaluation_logits(model, inputs, data.x_test, cfg, counts)
+            summary = evaluate(logits_np, data.y_test.numpy(), counts)
             record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
             record["per_class_accuracy"] = summary["per_class_accuracy"]
             emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
         history.append(record)
         emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
 
-    logits, feats = predict(model, inputs, data.x_test)
-    logits_np = posthoc_adjust(logits.cpu().numpy(), counts, cfg.posthoc_tau).astype(np.float32)
+    logits_np, feats_np = evaluation_logits(model, inputs, data.x_test, cfg, counts)
     final = evaluate(logits_np, data.y_test.numpy(), counts)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
     arrays = {
         "test_logits": logits_np,
         "test_labels": data.y_test.numpy().astype(np.int64),
-        "features": feats.cpu().numpy()[pick].astype(np.float32),
+        # All test features (post-hoc τ-norm) and a fixed subset for embeddings.
+        "test_features": feats_np.astype(np.float32),
+        "features": feats_np[pick].astype(np.float32),
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
-    weight = getattr(model.head, "weight", None)
-    if weight is not None:
-        arrays["head_weight"] = weight.detach().float().cpu().numpy()
+    if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
+        val_logits, _ = evaluation_logits(model, inputs, data.x_val, cfg, counts)
+        arrays.update(val_logits=val_logits, val_labels=data.y_val.numpy().astype(np.int64))
+    for name in ("weight", "bias"):
+        value = getattr(model.head, name, None)
+        if isinstance(value, torch.Tensor):
+            arrays[f"head_{name}"] = value.detach().float().cpu().numpy()
     path = None
     run_id = ""
     if save:
