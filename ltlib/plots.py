@@ -265,6 +265,17 @@ def sweep(
     )
 
 
+def tradeoff(evals: dict[str, dict[str, Any]], x: str = "many", y: str = "few") -> go.Figure:
+    """One point per method: accuracy on the head (``x``) against the tail (``y``), labelled by name."""
+    names = list(evals)
+    fig = go.Figure(
+        go.Scatter(
+            x=[evals[n][x] for n in names], y=[evals[n][y] for n in names], mode="markers+text", text=names, textposition="top center"
+        )
+    )
+    return _layout(fig, f"Head–tail trade-off: {y} vs {x}", xaxis=dict(title=f"{x} accuracy"), yaxis=dict(title=f"{y} accuracy"))
+
+
 def _start_kaleido() -> None:
     global _kaleido_started
     if not _kaleido_started:

@@ -42,3 +42,10 @@ def test_sweep_plots_one_line_per_metric():
     assert fig.layout.xaxis.type == "log"
     with pytest.raises(ValueError, match="values"):
         plots.sweep([1], evals, "imbalance")
+
+
+def test_tradeoff_places_each_method_at_its_head_and_tail_accuracy():
+    fig = plots.tradeoff({"ce": {"many": 1.0, "few": 0.5}, "cb": {"many": 0.9, "few": 0.7}})
+    (points,) = fig.data
+    assert list(points.text) == ["ce", "cb"]
+    assert list(points.x) == [1.0, 0.9] and list(points.y) == [0.5, 0.7]
