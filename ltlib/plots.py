@@ -246,6 +246,30 @@ def per_class_values(
     return _layout(fig, title, barmode="group", yaxis=dict(title=y_title), xaxis=dict(title="class (head → tail)"))
 
 
+def per_class_slider(
+    counts: np.ndarray | list[int], steps: dict[str, np.ndarray | list[float]], names: list[str], title: str, slider_title: str
+) -> go.Figure:
+    """Per-class bars (head → tail) for each value of a setting, one slider step per value (e.g. τ-norm's τ)."""
+    counts = np.asarray(counts)
+    order = _order(counts)
+    labels = list(steps)
+    fig = go.Figure()
+    for i, label in enumerate(labels):
+        values = np.asarray(steps[label])[order]
+        fig.add_trace(go.Bar(x=[names[c] for c in order], y=values, name=label, visible=i == 0, marker_color="#4c78a8"))
+    _group_bands(fig, counts, order)
+    slider_steps = [
+        dict(method="update", label=label, args=[{"visible": [j == i for j in range(len(labels))]}]) for i, label in enumerate(labels)
+    ]
+    return _layout(
+        fig,
+        title,
+        sliders=[dict(active=0, currentvalue=dict(prefix=f"{slider_title} = "), steps=slider_steps, pad=dict(t=50))],
+        yaxis=dict(title="accuracy", range=[0, 1.05]),
+        xaxis=dict(title="class (head → tail)"),
+    )
+
+
 def sweep(
     values: list[float],
     evals: list[dict[str, Any]],

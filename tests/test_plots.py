@@ -49,3 +49,12 @@ def test_tradeoff_places_each_method_at_its_head_and_tail_accuracy():
     (points,) = fig.data
     assert list(points.text) == ["ce", "cb"]
     assert list(points.x) == [1.0, 0.9] and list(points.y) == [0.5, 0.7]
+
+
+def test_per_class_slider_shows_one_step_at_a_time():
+    fig = plots.per_class_slider([1, 10], {"0": [0.2, 0.9], "1": [0.6, 0.7]}, ["tail", "head"], "t", "τ")
+    assert [t.visible for t in fig.data] == [True, False]
+    assert list(fig.data[1].x) == ["head", "tail"] and list(fig.data[1].y) == [0.7, 0.6]
+    (slider,) = fig.layout.sliders
+    assert [s.label for s in slider.steps] == ["0", "1"]
+    assert slider.steps[1].args[0]["visible"] == [False, True]
