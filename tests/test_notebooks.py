@@ -87,3 +87,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch, capsys):
         print(f"\n{path.name}: {seconds:.1f} s")
     assert seconds <= BUDGET_SECONDS, f"{path.name} took {seconds:.0f} s; the budget is {BUDGET_SECONDS} s"
     assert list((tmp_path / "figures").glob("*.pdf")), "the notebook saved no PDF figure"
+
+
+def test_readme_course_lists_every_notebook():
+    course = re.search(r"## Course(.*?)\n## ", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert "jupyter lab notebooks/" in course
+    for path in NOTEBOOKS:
+        assert f"`{path.stem}`" in course, f"README's Course section does not list {path.stem}"
