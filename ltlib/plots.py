@@ -300,26 +300,6 @@ def tradeoff(evals: dict[str, dict[str, Any]], x: str = "many", y: str = "few") 
     return _layout(fig, f"Head–tail trade-off: {y} vs {x}", xaxis=dict(title=f"{x} accuracy"), yaxis=dict(title=f"{y} accuracy"))
 
 
-def domain_class_grid(
-    values: np.ndarray | list[list[float | None]], domains: list[str], names: list[str], title: str, z_title: str
-) -> go.Figure:
-    """Heatmap of a (domain × class) table: training counts or test accuracy per cell (None/NaN left blank)."""
-    z = np.array([[np.nan if v is None else v for v in row] for row in np.asarray(values, dtype=object)], dtype=float)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=names,
-            y=domains,
-            colorscale="Blues",
-            colorbar=dict(title=z_title),
-            text=np.where(np.isnan(z), "", np.vectorize(lambda v: f"{v:.3g}")(np.nan_to_num(z))),
-            texttemplate="%{text}",
-            hovertemplate="domain %{y}<br>class %{x}<br>%{z}<extra></extra>",
-        )
-    )
-    return _layout(fig, title, xaxis=dict(title="class"), yaxis=dict(title="domain", autorange="reversed"))
-
-
 def per_domain_accuracy(evals: dict[str, dict[str, Any]]) -> go.Figure:
     """Accuracy per domain (mean over its classes) for several runs, grouped by domain."""
     fig = go.Figure()

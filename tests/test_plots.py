@@ -60,13 +60,6 @@ def test_per_class_slider_shows_one_step_at_a_time():
     assert slider.steps[1].args[0]["visible"] == [False, True]
 
 
-def test_domain_class_grid_keeps_cells_and_blanks_missing_ones():
-    fig = plots.domain_class_grid([[4, None], [1, 2]], ["red", "blue"], ["a", "b"], "t", "images")
-    z = np.asarray(fig.data[0].z, dtype=float)
-    assert z.shape == (2, 2) and np.isnan(z[0, 1]) and z[1, 0] == 1
-    assert fig.data[0].text[0][1] == "" and fig.data[0].text[1][1] == "2"
-
-
 def test_per_domain_accuracy_groups_runs_by_domain():
     evals = {"ce": {"per_domain_accuracy": {"red": 0.8, "blue": 0.6}}, "tally": {"per_domain_accuracy": {"red": 0.7, "blue": 0.9}}}
     fig = plots.per_domain_accuracy(evals)
