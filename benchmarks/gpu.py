@@ -78,6 +78,36 @@ def epoch_seconds(engine: str, epochs: int, **kw) -> float:
     return float(np.median(np.diff(stamps)))
 
 
+def eight_at_once(methods: dict[str, dict], epochs: int) -> dict:
+    """Wall time of one run, then of eight configs (4 methods × 2 seeds) trained together by ltlib.sweep."""
+    from ltlib.sweep import train_many
+
+    variants = [methods["ce"], methods["balanced_softmax"], methods["ldam-drw"], {"sampler": "class_balanced"}]
+    configs = [preset("cifar10-lt", epochs=epochs, seed=s, **v) for v in variants for s in (0, 1)]
+    root = os.environ.get("OUT", "runs")
+    t = time.perf_counter()
+    train_many(configs[:1], root=root)
+    one = time.perf_counter() - t
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    results = train_many(configs, root=root)
+    eight = time.perf_counter() - t
+    row = {
+        "epochs": epochs,
+        "one_s": one,
+        "eight_s": eight,
+        "ratio": eight / one,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "balanced_accuracy": [r.eval["balanced_accuracy"] for r in results],
+    }
+    accs = ", ".join(f"{100 * a:.1f}" for a in row["balanced_accuracy"])
+    print(
+        f"eight configs together: one {one:.1f} s, eight {eight:.1f} s ({row['ratio']:.2f}x one), peak {row['peak_gpu_gib']:.2f} GiB; balanced acc {accs}",
+        flush=True,
+    )
+    return row
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
@@ -87,6 +117,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--compile", action="store_true", help="full runs with torch.compile inside the graph")
     p.add_argument("--variants", action="store_true", help="also time the graph loop without channels-last and with torch.compile")
+    p.add_argument("--eight", action="store_true", help="eight configurations trained together (ltlib.sweep) vs one")
+    p.add_argument("--eight-epochs", type=int, default=200)
     p.add_argument("--json", help="append results to this JSON-lines file")
     args = p.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
@@ -138,6 +170,9 @@ def main() -> int:
                 f"full run {name} seed {seed}: {wall:.1f} s (capture/compile {row['setup_s']:.1f} s), balanced accuracy {100 * row['balanced_accuracy']:.2f} %, peak {row['peak_gpu_gib']:.2f} GiB, engine {row['engine']}",
                 flush=True,
             )
+
+    if args.eight:
+        out["eight"] = eight_at_once(methods, args.eight_epochs)
 
     if "reference_s_per_epoch" in out and "graph_s_per_epoch" in out:
         print(f"speed-up per epoch, graph vs reference: {out['reference_s_per_epoch'] / out['graph_s_per_epoch']:.1f}x")

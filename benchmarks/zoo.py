@@ -3,6 +3,8 @@
     python benchmarks/zoo.py --family loss            # all losses, 3 seeds, markdown table
     python benchmarks/zoo.py --family sampler --seeds 3
     python benchmarks/zoo.py --family mixing --preset fashion-mnist-lt --epochs 5
+    python benchmarks/zoo.py --family loss --only ce ldam --set schedule=drw   # any Config field
+    python benchmarks/zoo.py --family mixing --only cmo --param start_epoch=0 --param end_epochs=0
 
 Each row trains the preset with one registry entry swapped in (everything else as the preset), on
 CPU, and reports balanced / many / medium / few accuracy and ECE, mean ± std over seeds. The
@@ -19,6 +21,7 @@ import time
 import numpy as np
 
 from ltlib import losses, mixing, optim, samplers, schedules
+from ltlib.cli import _key_value
 from ltlib.models import MODELS
 from ltlib.presets import preset
 from ltlib.train import train
@@ -50,9 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int)
     p.add_argument("--only", nargs="*", help="only these entries")
+    p.add_argument(
+        "--set", type=_key_value, action="append", default=[], metavar="FIELD=VALUE", help="override a Config field for every row"
+    )
+    p.add_argument("--param", type=_key_value, action="append", default=[], help="key=value for every row's method (repeatable)")
     args = p.parse_args(argv)
     field, registry = FAMILIES[args.family]
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {**dict(args.set), **({"epochs": args.epochs} if args.epochs else {})}
+    if args.param:
+        overrides[f"{field}_params"] = dict(args.param)
     base = {"preset": args.preset, "overrides": overrides}
     names = args.only or registry.available()
     started = time.time()

@@ -104,6 +104,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ltlib.sweep import grid, train_many
+
+    axes: dict[str, list[Any]] = {}
+    for key, value in args.grid or []:
+        if key not in {f.name for f in fields(Config)}:
+            raise ValueError(f"--grid {key}=… is not a config field; fields: {', '.join(f.name for f in fields(Config))}")
+        axes[key] = [_value(v) for v in str(value).split(",")] if isinstance(value, str) else [value]
+    configs = grid(config_from_args(args), axes)
+    print(f"training {len(configs)} run(s) together", file=sys.stderr)
+    done = lambda i, e: e.kind == "end" and print(f"  finished {i + 1}/{len(configs)}: {e.data['run_id']}", file=sys.stderr)  # noqa: E731
+    results = train_many(configs, callbacks=[done], root=args.out)
+    args.runs = [r.run_id for r in results]
+    return cmd_compare(args)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ltlib.runs import list_runs
 
@@ -190,6 +206,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
+    w = sub.add_parser("sweep", help="train a grid of configs together (concurrently on a GPU) and compare them")
+    w.add_argument("--preset", help="start from a named preset")
+    w.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
+    w.add_argument("--grid", type=_key_value, action="append", metavar="FIELD=V1,V2", help="values of a config field (repeatable)")
+    _add_config_flags(w)
+    w.set_defaults(func=cmd_sweep)
     r = sub.add_parser("runs", help="list saved runs")
     r.add_argument("--out")
     r.set_defaults(func=cmd_runs)

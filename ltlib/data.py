@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import tarfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -276,26 +277,36 @@ def _decode(item: tuple[str, bytes]) -> np.ndarray:
         raise ValueError(f"corrupt image file {name!r}: {e}") from None
 
 
-def _decode_jpegs_on_gpu(items: list[tuple[str, bytes]]) -> np.ndarray | None:
-    """Batched nvJPEG decode (torchvision) when a GPU is present and every file is a JPEG; else None."""
-    if not (torch.cuda.is_available() and all(name.lower().endswith((".jpg", ".jpeg")) for name, _ in items)):
-        return None
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _decode_jpegs(items: list[tuple[str, bytes]]) -> np.ndarray | None:
+    """All-JPEG input: libjpeg-turbo through torchvision in a thread pool (it releases the GIL), else None.
 
-    try:
-        chunks = []
-        for i in range(0, len(items), 4096):
-            blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for _, b in items[i : i + 4096]]
-            chunks.append(torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB, device="cuda")).cpu())
-        return torch.cat(chunks).numpy()
-    except RuntimeError:
-        return None  # a corrupt or unusual file: the PIL path below names it
+    About 3.5× faster than PIL per image here, and it scales with cores (PIL threads do not).
+    """
+    if not all(name.lower().endswith((".jpg", ".jpeg")) for name, _ in items):
+        return None
+    # torchvision 0.29 marks its image codecs deprecated (TorchCodec replaces them); PIL remains the fallback.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            return None
+
+        def chunk(part: list[tuple[str, bytes]]) -> torch.Tensor:
+            blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for _, b in part]
+            return torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB))
+
+        try:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                return torch.cat(list(pool.map(chunk, [items[i : i + 512] for i in range(0, len(items), 512)]))).numpy()
+        except RuntimeError:
+            return None  # a corrupt file or mixed sizes: the PIL path below names the problem
 
 
 def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
-    on_gpu = _decode_jpegs_on_gpu(items)
-    if on_gpu is not None:
-        return on_gpu
+    fast = _decode_jpegs(items)
+    if fast is not None:
+        return fast
     with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 2)) as pool:
         images = list(pool.map(_decode, items, chunksize=256))
     shapes = {im.shape for im in images}
@@ -307,6 +318,45 @@ def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
 def _is_image(name: str) -> bool:
     base = os.path.basename(name)
     return base.lower().endswith(IMAGE_SUFFIXES) and not base.startswith(".")
+
+
+def _plain_tar_members(path: Path, max_bytes: int = 2**30) -> list[tuple[str, bytes]] | None:
+    """Regular files of a plain ustar archive (optionally gzip'd, up to ``max_bytes``), read in memory.
+
+    ``tarfile`` spends ~50 µs of Python per member; slicing the 512-byte headers directly reads the
+    60,000-image CIFAR archive several times faster. Pax headers (Python's default) are read for a
+    long ``path``; anything else unusual (GNU long names, links, sparse files) returns None and the
+    caller uses ``tarfile``.
+    """
+    if path.stat().st_size > max_bytes:
+        return None
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    out, pos, long_name = [], 0, None
+    while pos + 512 <= len(raw):
+        header = raw[pos : pos + 512]
+        if header == bytes(512):
+            return out
+        if header[257:262] != b"ustar":
+            return None
+        kind = header[156:157]
+        size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+        body = raw[pos + 512 : pos + 512 + size]
+        pos += 512 + (size + 511) // 512 * 512
+        if kind == b"x":  # pax records "LEN key=value\n": only a path matters here
+            paths = [r.split(b"=", 1)[1] for r in body.split(b"\n") if b" path=" in r[:24]]
+            long_name = paths[0].decode() if paths else None
+            continue
+        if kind == b"g" or kind == b"5":  # global pax header, directory
+            continue
+        if kind not in (b"0", b"\0"):  # links, GNU long names, devices …
+            return None
+        name = header[0:100].rstrip(b"\0").decode()
+        prefix = header[345:500].rstrip(b"\0").decode()
+        out.append((long_name or (f"{prefix}/{name}" if prefix else name), body))
+        long_name = None
+    return out
 
 
 def _read_tree(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
@@ -328,10 +378,15 @@ def _read_tree(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
             if f.is_file():
                 add(f.relative_to(path).as_posix(), f.read_bytes)
     elif tarfile.is_tarfile(path):
-        with tarfile.open(path) as tar:
-            for m in tar:
-                if m.isfile():
-                    add(m.name, lambda m=m: tar.extractfile(m).read())
+        members = _plain_tar_members(path)
+        if members is not None:
+            for name, blob in members:
+                add(name, lambda blob=blob: blob)
+        else:
+            with tarfile.open(path) as tar:
+                for m in tar:
+                    if m.isfile():
+                        add(m.name, lambda m=m: tar.extractfile(m).read())
     else:
         raise ValueError(f"{path} is neither a folder nor a .tar/.tar.gz archive")
     return tree

@@ -11,9 +11,16 @@ it step by step with the eager loop in :mod:`ltlib.train`, which stays the refer
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
+from ltlib import samplers
 from ltlib.losses import Loss
+
+# One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
+# captures its own graph (seen with ltlib.sweep on an H100).
+_CAPTURE_LOCK = threading.Lock()
 
 
 def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
@@ -22,6 +29,8 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"optimizer {cfg.optimizer!r} is not captured (only plain SGD is)"
     if cfg.mixing != "none":
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
+    if samplers.learns(cfg.sampler):
+        return f"sampler {cfg.sampler!r} learns between epochs with its own forward and backward passes (eager only)"
     if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
     return None
@@ -76,6 +85,10 @@ class GraphEpoch:
             self._step(start, stop)
 
     def _capture(self) -> None:
+        with _CAPTURE_LOCK:
+            self._warm_up_and_capture()
+
+    def _warm_up_and_capture(self) -> None:
         # Warm up each batch shape on a side stream (cuDNN picks algorithms, Inductor compiles,
         # autograd builds its caches), capture the epoch, then undo the warm-up's effect on the
         # weights, the momentum buffers and the BN statistics.
@@ -90,7 +103,8 @@ class GraphEpoch:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph):
+        # thread_local: other runs (ltlib.sweep) may launch small set-up work on their own streams meanwhile.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._epoch()
         with torch.no_grad():
             self.model.load_state_dict(state)

@@ -73,13 +73,19 @@ class Loss(nn.Module):
     def set_class_weight(self, weight: torch.Tensor | np.ndarray) -> None:
         self.class_weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32))
 
+    def sample_weight(self, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample class weight w_y; for multi-label (B, C) targets the mean weight of the positive classes."""
+        if targets.ndim == 1:
+            return self.class_weight[targets]
+        return (targets * self.class_weight).sum(1) / targets.sum(1).clamp_min(1.0)
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, **kw: Any) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", **kw: Any) -> torch.Tensor:
         """Mean loss (``reduction="mean"``) or per-sample weighted values (``"none"``); ``kw`` as documented per loss."""
         logits = logits.float()
-        w = self.class_weight[targets]
+        w = self.sample_weight(targets)
         values = w * self.per_sample(logits, targets, **kw)
         if reduction == "none":
             return values
@@ -120,6 +126,24 @@ class BalancedSoftmax(Loss):
         return F.cross_entropy(logits + self.class_counts.clamp_min(1.0).log(), targets, reduction="none")
 
 
+def ldam_margins(class_counts: torch.Tensor, max_m: float) -> torch.Tensor:
+    """LDAM's class margins Δ_c ∝ n_c^(−1/4), scaled so the largest (rarest class) is ``max_m``."""
+    m = class_counts.clamp_min(1.0) ** -0.25
+    return m * (max_m / m.max())
+
+
+def target_shifted_ce(logits: torch.Tensor, targets: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-sample −log softmax(z − shift_i·e_y)_y: cross-entropy with the target logit lowered by ``shift``."""
+    return F.cross_entropy(logits - F.one_hot(targets, logits.shape[1]) * shift[:, None], targets, reduction="none")
+
+
+def sample_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{j≠y} z_j per sample (positive when the sample is classified correctly)."""
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(targets, logits.shape[1]).bool(), float("-inf"))
+    return target - others.max(1).values
+
+
 @LOSSES.register("ldam", paper="Cao, Wei, Gaidon, Arechiga & Ma, LDAM, NeurIPS 2019", needs=("cosine head",))
 class LDAM(Loss):
     """Label-distribution-aware margin: ℓ = −log softmax(s·(cos − Δ_y·e_y))_y, Δ_c ∝ n_c^(−1/4).
@@ -135,8 +159,7 @@ class LDAM(Loss):
         super().__init__(class_counts)
         check_range("max_m", max_m, 0.0, float("inf"))
         check_range("s", s, 1e-6, float("inf"))
-        m = self.class_counts.clamp_min(1.0) ** -0.25
-        self.register_buffer("margins", m * (max_m / m.max()))
+        self.register_buffer("margins", ldam_margins(self.class_counts, max_m))
         self.s = s
 
     @property
@@ -144,5 +167,389 @@ class LDAM(Loss):
         return {"scale": self.s}
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        shift = F.one_hot(targets, logits.shape[1]) * (self.s * self.margins[targets])[:, None]
-        return F.cross_entropy(logits - shift, targets, reduction="none")
+        return target_shifted_ce(logits, targets, self.s * self.margins[targets])
+
+
+@LOSSES.register(
+    "class_balanced", paper="Cui, Jia, Lin, Song & Belongie, Class-Balanced Loss Based on Effective Number of Samples, CVPR 2019"
+)
+class ClassBalanced(Loss):
+    """Class-balanced loss: each sample weighted by (1 − β)/(1 − β^n_y), the inverse effective number.
+
+    w_c = (1 − β)/(1 − β^n_c), normalised to Σ_c w_c = C as in the official code; β = 0.9999.
+    ``base`` picks the loss being weighted:
+      softmax: ℓ = w_y · (−log softmax(z)_y);
+      sigmoid: ℓ = w_y · Σ_c BCE(z_c, 1[c = y])  (one-vs-all sigmoids, summed over classes);
+      focal:   ℓ = w_y · Σ_c (1 − p_c)^γ · BCE(z_c, 1[c = y]),  p_c = σ(z_c) if c = y else 1 − σ(z_c).
+    The batch loss is Σ_i ℓ_i / B: the official code divides by the number of labels, not by Σ w.
+    γ = 1.0 here (the paper tunes γ ∈ {0.5, 1, 2}; focal's own default is 2). The official code also
+    initialises the last layer's bias to −log((1 − π)/π), a small prior π, for the sigmoid and focal variants;
+    here the head keeps its usual initialisation (it is shared by every loss).
+    """
+
+    BASES = ("softmax", "sigmoid", "focal")
+
+    def __init__(self, class_counts: np.ndarray | list[int], beta: float = 0.9999, base: str = "softmax", gamma: float = 1.0) -> None:
+        super().__init__(class_counts)
+        if base not in self.BASES:
+            raise ValueError(f"base={base!r} is not allowed; allowed: {', '.join(self.BASES)}")
+        check_range("gamma", gamma, 0.0, float("inf"))
+        weights = effective_number_weights(self.class_counts.clamp_min(1.0).numpy(), beta)
+        self.register_buffer("cb_weight", torch.as_tensor(weights, dtype=torch.float32))
+        self.base, self.gamma = base, gamma
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.base == "softmax":
+            loss = F.cross_entropy(logits, targets, reduction="none")
+        else:
+            onehot = F.one_hot(targets, logits.shape[1]).float()
+            bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+            if self.base == "focal":
+                bce = (1 - torch.exp(-bce)) ** self.gamma * bce  # exp(−BCE) is p_c of the true label
+            loss = bce.sum(1)
+        return self.cb_weight[targets] * loss
+
+
+@LOSSES.register("logit_adjusted", paper="Menon, Jayasumana, Rawat, Jain, Veit & Kumar, Long-tail learning via logit adjustment, ICLR 2021")
+class LogitAdjusted(Loss):
+    """Logit-adjusted loss: ℓ = −log softmax(z + τ·log π)_y, π the training class prior (τ = 1).
+
+    Training-time counterpart of post-hoc adjustment (``Config.posthoc_tau``: z − τ·log π at test).
+    With τ = 1 it equals Balanced Softmax (log π and log n differ by a constant that softmax ignores).
+    The official code uses the same τ = 1 default and adds τ·log π to the logits inside the loss only.
+    """
+
+    def __init__(self, class_counts: np.ndarray | list[int], tau: float = 1.0) -> None:
+        super().__init__(class_counts)
+        check_range("tau", tau, 0.0, float("inf"))
+        self.tau = tau
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.tau * self.log_prior, targets, reduction="none")
+
+
+@LOSSES.register("cdt", paper="Ye, Chen, Zhan & Chao, Identifying and Compensating for Feature Deviation in Imbalanced Deep Learning, 2020")
+class CDT(Loss):
+    """Class-dependent temperatures: ℓ = −log softmax(z_c / a_c)_y with a_c = (n_max / n_c)^γ.
+
+    Rare classes get a higher temperature during training only, which simulates the feature
+    deviation of their test images and forces larger decision values for them; the test logits
+    are the plain z. The paper tunes γ on validation data (CIFAR-10: γ ∈ [0, 0.4]); γ = 0.1 here.
+    The 1/a_c factor also shrinks the rare classes' gradients, so CDT pays off only once training
+    fits the data (on digits-LT it trails CE after 30 epochs and beats it after 100).
+    """
+
+    def __init__(self, class_counts: np.ndarray | list[int], gamma: float = 0.1) -> None:
+        super().__init__(class_counts)
+        check_range("gamma", gamma, 0.0, float("inf"))
+        n = self.class_counts.clamp_min(1.0)
+        self.register_buffer("temperature", (n.max() / n) ** gamma)
+        self.gamma = gamma
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits / self.temperature, targets, reduction="none")
+
+
+@LOSSES.register("mm", paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021", needs=("cosine head",))
+class MaxMargin(LDAM):
+    """Maximum-margin (hard MM-LDAM) loss: the target cosine is lowered by a margin set from each sample's own margin.
+
+    With d = cos_y − max_{j≠y} cos_j (the sample margin, no gradient) and M_y = max_m − Δ_y (Δ the
+    LDAM margins, largest 0.5, so rare classes get the smaller M and thus the larger shift):
+        shift = exp(−d − γ·M_y)  if d > 0 (correct, the shift shrinks as the margin grows),
+        shift = exp(−|d| − M_y)  if d < 0 (wrong),  0 if d = 0;
+        ℓ = −log softmax(s·(cos − shift·e_y))_y.
+    Defaults are the paper's MM-LDAM run in the official README (s 19, max_m 1.29, γ 1.528); the
+    HMMLoss class defaults (s 30, max_m 0.5, γ 1.1) leave the rarest class M = 0, a shift of up to a
+    whole cosine unit, and trained worse than CE on digits-LT. The official code takes max_{j≠y}
+    over cos·(1 − e_y), i.e. also over a 0 at the target position, and reads the target column of
+    the batch's *first* label for every sample; here d is the true per-sample margin.
+    """
+
+    def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 1.29, gamma: float = 1.528, s: float = 19.0) -> None:
+        super().__init__(class_counts, max_m=0.5, s=s)
+        check_range("max_m", max_m, 0.0, float("inf"))
+        check_range("gamma", gamma, 0.0, float("inf"))
+        self.max_m, self.gamma = max_m, gamma
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            d = sample_margin(logits, targets) / self.s
+            m = self.max_m - self.margins[targets]
+            shift = torch.where(d > 0, torch.exp(-d - self.gamma * m), torch.exp(-d.abs() - m)) * (d != 0)
+        return target_shifted_ce(logits, targets, self.s * shift)
+
+
+@LOSSES.register("gml", paper="Zhou, Liu, Zhai, Jiang, Gao & Ji, Learning Towards the Largest Margins, ICLR 2022", needs=("cosine head",))
+class GeneralizedMaxMargin(LDAM):
+    """Generalised margin softmax with class margins, a sample-margin and a zero-centroid regulariser.
+
+    ℓ = −log softmax(s·(cos − Δ_y·e_y))_y                     (margin softmax, LDAM class margins Δ)
+        − λ_sm · (cos_y − max_{j≠y} cos_j)                   (sample-margin regulariser)
+        + λ_zc · ‖(1/C) Σ_c w_c/‖w_c‖‖²                        (zero-centroid regulariser on the prototypes)
+    The paper defines the class margin (smallest angle between prototypes) and the sample margin,
+    and derives the sample-margin regulariser as a general tool and the zero-centroid regulariser
+    for the class-imbalanced case (where rare-class prototypes otherwise drift together), both added
+    to an existing margin loss; here they sit on LDAM's margin softmax. The prototypes are the cosine
+    head's weights, picked up in ``on_epoch_start``. λ_sm = λ_zc = 1 here (the paper tunes them per
+    task); its official code was not available to us.
+    """
+
+    def __init__(
+        self, class_counts: np.ndarray | list[int], max_m: float = 0.5, s: float = 30.0, lambda_sm: float = 1.0, lambda_zc: float = 1.0
+    ) -> None:
+        super().__init__(class_counts, max_m=max_m, s=s)
+        check_range("lambda_sm", lambda_sm, 0.0, float("inf"))
+        check_range("lambda_zc", lambda_zc, 0.0, float("inf"))
+        self.lambda_sm, self.lambda_zc = lambda_sm, lambda_zc
+        self._prototypes: tuple[torch.Tensor, ...] = ()  # a tuple, so the head's weight is not re-registered here
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        self._prototypes = (state.model.head.weight,)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = super().per_sample(logits, targets) - self.lambda_sm * sample_margin(logits, targets) / self.s
+        if self._prototypes:
+            centroid = F.normalize(self._prototypes[0].float(), dim=1).mean(0)
+            loss = loss + self.lambda_zc * centroid.square().sum()
+        return loss
+
+
+def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 2000) -> torch.Tensor:
+    """C unit vectors in R^dim as far apart as possible: a regular simplex (pairwise cosine −1/(C − 1)) when dim ≥ C.
+
+    There, the centred basis vectors e_c − 1/C, normalised, turned by a fixed random rotation into
+    R^dim: spread over all dims, so non-negative (post-ReLU) features with a few dead units can still
+    point at every prototype (without the rotation PAL did not train on digits). When dim < C the
+    simplex does not fit; the prototypes then minimise a smooth maximum (log-sum-exp, temperature
+    0.01) of the pairwise cosines by gradient descent on the sphere, from a seeded random start.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if dim >= num_classes:
+        rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=gen))
+        return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
+    protos = torch.randn(num_classes, dim, generator=gen).requires_grad_(True)
+    optimizer = torch.optim.SGD([protos], lr=0.05, momentum=0.9)
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool)
+    for _ in range(steps):
+        unit = F.normalize(protos, dim=1)
+        smooth_max = 0.01 * torch.logsumexp((unit @ unit.T)[off_diagonal] / 0.01, dim=0)
+        optimizer.zero_grad()
+        smooth_max.backward()
+        optimizer.step()
+    return F.normalize(protos.detach(), dim=1)
+
+
+@LOSSES.register(
+    "pal",
+    paper="Zhou et al., Prototype-Anchored Learning for Learning with Imperfect Annotations, ICML 2022",
+    needs=("cosine head",),
+)
+class PrototypeAnchored(LDAM):
+    """Prototype-anchored learning: prototypes fixed to a regular simplex, margin softmax on the cosines.
+
+    The paper shows the minimum sample margin is maximised when the class prototypes are anchored
+    at maximally separated points (pairwise cosine −1/(C − 1)); only the features are learned. Here
+    the cosine head's weight is set to the simplex (``simplex_prototypes``; optimised spread-out
+    points when the feature dim is below C) and frozen (no gradient, no weight decay) at the start of
+    training. PAL plugs into margin-based losses; the loss on top here is the class-aware one of this
+    library, LDAM's margin softmax (s = 30, largest margin 0.5): ℓ = −log softmax(s·(cos(f, p) − Δ_y·e_y))_y.
+    """
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        weight = state.model.head.weight
+        if weight.requires_grad:
+            with torch.no_grad():
+                weight.copy_(simplex_prototypes(*weight.shape).to(weight.device))
+            weight.requires_grad_(False)
+
+
+@LOSSES.register(
+    "coupling_regulation",
+    paper="Xu, Cheng, Zhang, Wu, Shao, Liu, Shen, Yao & Xu, Phased Progressive Learning with Coupling-Regulation-Imbalance Loss, 2022",
+    needs=("cosine head",),
+)
+class CouplingRegulation(LDAM):
+    """Coupling-regulation-imbalance loss: focal-modulated LDAM with class-balanced correction, phased in progressively.
+
+    With p = softmax(s·(cos − Δ_y·e_y))_y (LDAM margins Δ: quantity imbalance) and the focal factor
+    (1 − p)^γ (classification difficulty), ℓ = w_y(t) · (−(1 − p)^γ · log p). The correction term
+    w_y(t) = (1 − α_t) + α_t·w^CB_y re-weights by the effective number (β = 0.9999, Σ w^CB = C); the
+    phased progressive schedule (``on_epoch_start``) moves α_t linearly from 0 to 1 between
+    ``phase_start`` and ``phase_end`` (fractions of the epochs), a smooth version of DRW's switch that
+    moves the emphasis from representation learning to the classifier. γ = 1 is the focal γ of the
+    LDAM-DRW official code. The paper's code is not released and its text also credits the
+    correction with handling outliers; that part could not be checked and is not implemented
+    (a per-sample down-weighting of very unlikely samples that we tried collapsed training at s = 30).
+    """
+
+    def __init__(
+        self,
+        class_counts: np.ndarray | list[int],
+        max_m: float = 0.5,
+        s: float = 30.0,
+        gamma: float = 1.0,
+        beta: float = 0.9999,
+        phase_start: float = 0.5,
+        phase_end: float = 0.8,
+    ) -> None:
+        super().__init__(class_counts, max_m=max_m, s=s)
+        check_range("gamma", gamma, 0.0, float("inf"))
+        check_range("phase_start", phase_start, 0.0, 1.0, closed_high=True)
+        check_range("phase_end", phase_end, phase_start, 1.0, closed_high=True)
+        self.gamma, self.phase_start, self.phase_end = gamma, phase_start, phase_end
+        self.cb_weight = effective_number_weights(self.class_counts.clamp_min(1.0).numpy(), beta)
+
+    def progress(self, epoch: int, epochs: int) -> float:
+        """Share α ∈ [0, 1] of the re-weighting at ``epoch`` (0 up to ``phase_start``, 1 from ``phase_end``)."""
+        t = epoch / max(epochs, 1)
+        if self.phase_end <= self.phase_start:
+            return float(t >= self.phase_end)
+        return float(np.clip((t - self.phase_start) / (self.phase_end - self.phase_start), 0.0, 1.0))
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        alpha = self.progress(epoch, state.cfg.epochs)
+        self.set_class_weight((1 - alpha) + alpha * self.cb_weight)
+        state.log["reweight_alpha"] = alpha
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = -super().per_sample(logits, targets)
+        return -((1 - logp.exp()) ** self.gamma) * logp
+
+
+@LOSSES.register(
+    "distribution_balanced",
+    paper="Wu, Huang, Liu, Wang & Lin, Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed Datasets, ECCV 2020",
+)
+class DistributionBalanced(Loss):
+    """Distribution-balanced loss (multi-label, sigmoid): re-balanced weights + negative-tolerant regularisation.
+
+    Targets are (B, C) multi-label 0/1 floats, or integer labels (read as one-hot). Per class c of sample i:
+      re-balancing:  r_ic = (1/n_c) / Σ_{k: y_ik=1} (1/n_k),  w_ic = α + σ(β·(r_ic − μ))   (α 0.1, β 10, μ 0.2);
+      logit shift:   z′ = z + κ·b̂_c/λ with b̂_c = −log(N/n_c − 1), the prior's logit (κ 0.05, λ 2);
+      negative-tolerant BCE:  positives w·log(1 + e^(−z′)),  negatives (w/λ)·log(1 + e^(λz′));
+      focal factor (1 − p_t)^γ with p_t from the same (scaled) logit, γ = 2, times ``balance`` = 2;
+      ℓ_i = mean over the C classes.
+    Defaults are the official COCO-MLT/VOC-MLT config (``init_bias`` 0.05, ``neg_scale`` 2). N is the
+    number of training samples; it defaults to Σ n_c, right for single-label data — for multi-label
+    data pass ``num_samples``. The paper's ν = κ·b̂ appears in the code, as here, divided by λ before the
+    negatives are scaled by λ. The weights r are the ratio of class-aware to instance sampling
+    frequency: the paper (and its configs) train with a class-aware sampler, and with plain instance
+    sampling the loss favours the head classes (use ``--sampler class_balanced``).
+    """
+
+    def __init__(
+        self,
+        class_counts: np.ndarray | list[int],
+        map_alpha: float = 0.1,
+        map_beta: float = 10.0,
+        map_mu: float = 0.2,
+        neg_scale: float = 2.0,
+        init_bias: float = 0.05,
+        gamma: float = 2.0,
+        balance: float = 2.0,
+        num_samples: int | None = None,
+    ) -> None:
+        super().__init__(class_counts)
+        for name, value in (
+            ("map_alpha", map_alpha),
+            ("map_beta", map_beta),
+            ("map_mu", map_mu),
+            ("init_bias", init_bias),
+            ("gamma", gamma),
+        ):
+            check_range(name, value, 0.0, float("inf"))
+        check_range("neg_scale", neg_scale, 1e-6, float("inf"))
+        check_range("balance", balance, 1e-6, float("inf"))
+        n = self.class_counts.clamp_min(1.0)
+        total = float(n.sum()) if num_samples is None else float(num_samples)
+        if total <= float(n.max()):
+            raise ValueError(f"num_samples={num_samples} is out of range; allowed: > the largest class count {int(n.max())}")
+        self.register_buffer("freq_inv", 1.0 / n)
+        self.register_buffer("logit_shift", -torch.log(total / n - 1) * init_bias / neg_scale)
+        self.map_alpha, self.map_beta, self.map_mu = map_alpha, map_beta, map_mu
+        self.neg_scale, self.gamma, self.balance = neg_scale, gamma, balance
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        y = F.one_hot(targets, logits.shape[1]).float() if targets.ndim == 1 else targets.float()
+        repeat = (y * self.freq_inv).sum(1, keepdim=True).clamp_min(1e-12)
+        weight = torch.sigmoid(self.map_beta * (self.freq_inv / repeat - self.map_mu)) + self.map_alpha
+        z = logits + self.logit_shift
+        z = torch.where(y > 0, z, z * self.neg_scale)
+        weight = torch.where(y > 0, weight, weight / self.neg_scale)
+        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        loss = self.balance * (1 - torch.exp(-bce)) ** self.gamma * weight * bce
+        return loss.mean(1)
+
+
+@LOSSES.register(
+    "ot_reweight",
+    paper="Guo et al., Learning to Re-weight Examples with Optimal Transport for Imbalanced Classification, NeurIPS 2022",
+)
+class OTReweight(Loss):
+    """Optimal-transport re-weighting: batch samples weighted to transport best onto a small balanced meta set.
+
+    The batch is a distribution Σ_i w_i δ_(f_i, y_i) with unknown weights w on the simplex, the meta
+    set a balanced one Σ_j q_j δ_(g_j, y_j) (each class mass 1/C). The cost is
+    C_ij = 1 − cos(f_i, g_j) + ``label_cost``·1[y_i ≠ y_j] (features f, g: the penultimate layer). The
+    weights minimise the entropic OT distance min_w min_{P ≥ 0, P^T1 = q, P1 = w} ⟨C, P⟩ − ε·H(P);
+    with w free the row constraint drops and the minimiser is closed-form: every meta point sends
+    its mass over the batch by a softmax of −C_ij/ε, P_ij = q_j·softmax_i(−C_ij/ε), and w_i = Σ_j P_ij
+    (one Sinkhorn half-step from w = 1 is exact here). ℓ = B·w_i·CE_i, so the batch mean is Σ_i w_i·CE_i.
+    Differences from the paper: its weights are per training example, learned by gradient steps on
+    the OT loss across iterations with features of a first-stage model; here they are recomputed
+    per batch, features detached. The meta set is carved from the training set (``meta_per_class``
+    images per class, 10 being the usual CIFAR-LT meta-set size, fewer if a class has fewer; the
+    images stay in the training set too) at the first epoch, and its features are recomputed at the
+    start of each epoch (``on_epoch_start``).
+    """
+
+    needs_features = True
+
+    def __init__(self, class_counts: np.ndarray | list[int], meta_per_class: int = 10, eps: float = 0.1, label_cost: float = 1.0) -> None:
+        super().__init__(class_counts)
+        check_range("meta_per_class", meta_per_class, 1, float("inf"))
+        check_range("eps", eps, 1e-6, float("inf"))
+        check_range("label_cost", label_cost, 0.0, float("inf"))
+        self.meta_per_class, self.eps, self.label_cost = int(meta_per_class), eps, label_cost
+        self.meta_index: torch.Tensor | None = None
+        self.meta_features: torch.Tensor | None = None
+        self.meta_labels: torch.Tensor | None = None
+
+    def set_meta(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set the balanced meta set's features (M, D) and integer labels (M,)."""
+        self.meta_features, self.meta_labels = features.detach().float(), labels
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        y = state.data.y_train
+        if self.meta_index is None:
+            rng = np.random.default_rng(state.cfg.seed)
+            picks = [rng.permutation(np.flatnonzero(y.numpy() == c))[: self.meta_per_class] for c in range(len(self.class_counts))]
+            self.meta_index = torch.as_tensor(np.concatenate(picks), dtype=torch.long)
+        model = state.model
+        was_training = model.training
+        model.eval()
+        x = state.inputs(state.data.x_train[self.meta_index])
+        self.set_meta(model.features(x), y[self.meta_index].to(state.device))
+        model.train(was_training)
+
+    def batch_weights(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The OT weights w (B,) of a batch, summing to 1; uniform when no meta set is set yet."""
+        if self.meta_features is None:
+            return torch.full((len(targets),), 1.0 / len(targets), device=features.device)
+        f = F.normalize(features.detach().float(), dim=1)
+        g = F.normalize(self.meta_features.to(f.device), dim=1)
+        meta_y = self.meta_labels.to(targets.device)
+        cost = 1 - f @ g.T + self.label_cost * (targets[:, None] != meta_y[None, :]).float()
+        # q_j = 1/(C_meta · m_c): every class present in the meta set carries the same mass.
+        per_class = torch.bincount(meta_y, minlength=len(self.class_counts)).float()
+        q = 1.0 / (per_class[meta_y] * int((per_class > 0).sum()))
+        plan = q[None, :] * torch.softmax(-cost / self.eps, dim=0)
+        return plan.sum(1)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if features is None:
+            raise ValueError("ot_reweight needs features=: the penultimate features of the batch")
+        w = self.batch_weights(features, targets)
+        return len(targets) * w * F.cross_entropy(logits, targets, reduction="none")

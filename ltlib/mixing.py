@@ -3,6 +3,11 @@
 A mixing method maps a batch ``(x, y)`` to ``(x', y_a, y_b, lam)``: the loss is
 ``lam·ℓ(z, y_a) + (1 − lam)·ℓ(z, y_b)`` per sample, so label mass always sums to one.
 ``lam`` is a tensor of shape (B,). ``none`` returns the batch unchanged with lam = 1.
+
+A method may return more samples than it was given (Open-sampling appends noise images) and may
+set ``batch_weight`` to per-sample loss multipliers for the batch it just returned (None = all 1).
+Methods that cut and paste patches declare ``needs=("images",)``; the loop rejects them on
+feature-vector datasets such as toy2d.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltlib import samplers
+from ltlib.models import set_noise_mask
 from ltlib.registry import Registry, check_range
 
 MIXING = Registry("mixing", fixed=("class_counts",))
@@ -40,6 +47,9 @@ class MixContext:
 
 class Mixing:
     """Base class: subclasses implement ``__call__(x, y, ctx)``."""
+
+    # Per-sample loss multipliers of the last returned batch (None: every sample weighs 1).
+    batch_weight: torch.Tensor | None = None
 
     def __init__(self, class_counts: np.ndarray) -> None:
         self.class_counts = np.asarray(class_counts)
@@ -80,3 +90,276 @@ class Mixup(Mixing):
         lam = sample_beta(self.alpha, ctx.generator, x.device)
         perm = torch.randperm(len(y), generator=ctx.generator, device=x.device)
         return lam * x + (1 - lam) * x[perm], y, y[perm], lam.expand(len(y))
+
+
+def unmixed(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch as it is: both label sets y, lam = 1."""
+    return x, y, y, torch.ones(len(y), device=x.device)
+
+
+def draw_from(ctx: MixContext, sampler: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A second batch of ``n`` images drawn with a named class sampler through ``ctx.draw_batch``."""
+    if ctx.draw_batch is None:
+        raise ValueError("this mixing method draws a second batch; MixContext.draw_batch is required")
+    return ctx.draw_batch(samplers.class_probabilities(sampler, ctx.class_counts), n)
+
+
+def coin(p: float, ctx: MixContext, device: torch.device) -> bool:
+    """True with probability p (one seeded draw per batch)."""
+    return p >= 1 or bool(torch.rand((), generator=ctx.generator, device=device) < p)
+
+
+def paste_box(x: torch.Tensor, source: torch.Tensor, lam: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix's box: paste a box of ``source`` with area ≈ (1 − λ)·H·W into ``x``; return x' and the kept area.
+
+    As in the official ``rand_bbox``: side ratio √(1 − λ) (truncated to whole pixels), a uniform centre,
+    the box clipped at the border; λ is then recomputed as the fraction of ``x`` that is kept.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"box pasting needs image batches (N, C, H, W); got shape {tuple(x.shape)}")
+    h, w = x.shape[2], x.shape[3]
+    ratio = float(torch.sqrt(1 - lam))
+    cut_h, cut_w = int(h * ratio), int(w * ratio)
+    cy = int(torch.randint(h, (1,), generator=generator, device=x.device))
+    cx = int(torch.randint(w, (1,), generator=generator, device=x.device))
+    y1, y2 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
+    x1, x2 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
+    out = x.clone()
+    out[:, :, y1:y2, x1:x2] = source[:, :, y1:y2, x1:x2]
+    kept = 1 - (y2 - y1) * (x2 - x1) / (h * w)
+    return out, torch.tensor(kept, dtype=torch.float32, device=x.device)
+
+
+@MIXING.register("cutmix", paper="Yun, Han, Oh, Chun, Choe & Yoo, CutMix, ICCV 2019", needs=("images",))
+class CutMix(Mixing):
+    """CutMix: paste a random box of a shuffled image; label mass = the area each image keeps.
+
+    λ ~ Beta(α, α) with α = 1, box side ratio √(1 − λ), then λ is corrected to the true kept area
+    (the box is clipped at the border). One box per batch, as in the official code, which also
+    exposes ``cutmix_prob`` (the chance a batch is mixed at all; here ``prob`` = 1).
+    """
+
+    def __init__(self, class_counts: np.ndarray, alpha: float = 1.0, prob: float = 1.0) -> None:
+        super().__init__(class_counts)
+        check_range("alpha", alpha, 1e-6, float("inf"))
+        check_range("prob", prob, 0.0, 1.0, closed_high=True)
+        self.alpha, self.prob = alpha, prob
+
+    def __call__(self, x, y, ctx):
+        if not coin(self.prob, ctx, x.device):
+            return unmixed(x, y)
+        perm = torch.randperm(len(y), generator=ctx.generator, device=x.device)
+        mixed, lam = paste_box(x, x[perm], sample_beta(self.alpha, ctx.generator, x.device), ctx.generator)
+        return mixed, y, y[perm], lam.expand(len(y))
+
+
+@MIXING.register("remix", paper="Chou, Chang, Pan, Wei & Juan, Remix: Rebalanced Mixup, ECCV Workshops 2020")
+class Remix(Mixing):
+    """Remix: Mixup images, but give the whole label to the minority image when the counts differ enough.
+
+    x' = λx_i + (1−λ)x_j, λ ~ Beta(α, α). Label weight λ_y on y_i: 0 if n_i/n_j ≥ κ and λ < τ;
+    1 if n_i/n_j ≤ 1/κ and 1 − λ < τ; else λ. Paper defaults κ = 3, τ = 0.5, α = 1.
+    """
+
+    def __init__(self, class_counts: np.ndarray, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5) -> None:
+        super().__init__(class_counts)
+        check_range("alpha", alpha, 1e-6, float("inf"))
+        check_range("kappa", kappa, 1.0, float("inf"))
+        check_range("tau", tau, 0.0, 1.0, closed_high=True)
+        self.alpha, self.kappa, self.tau = alpha, kappa, tau
+
+    def label_weight(self, y_i: torch.Tensor, y_j: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """λ_y per pair from the Remix rule (counts of a missing class are taken as 1)."""
+        n = torch.as_tensor(self.class_counts, dtype=torch.float32, device=y_i.device).clamp_min(1)
+        ratio = n[y_i] / n[y_j]
+        lam_y = lam.expand(len(y_i)).clone()
+        lam_y[(ratio >= self.kappa) & (lam < self.tau)] = 0.0
+        lam_y[(ratio <= 1 / self.kappa) & (1 - lam < self.tau)] = 1.0
+        return lam_y
+
+    def __call__(self, x, y, ctx):
+        lam = sample_beta(self.alpha, ctx.generator, x.device)
+        perm = torch.randperm(len(y), generator=ctx.generator, device=x.device)
+        return lam * x + (1 - lam) * x[perm], y, y[perm], self.label_weight(y, y[perm], lam)
+
+
+@MIXING.register("bilateral_mixup", paper="Bilateral mixup augmentation for two-branch long-tail networks, 2022 (seed 002 #7)")
+class BilateralMixup(Mixing):
+    """Bilateral mixup: mix the batch (uniform sampler) with a batch drawn by BBN's reversed sampler.
+
+    x' = λ·x_uniform + (1−λ)·x_reversed, label λ·y_u + (1−λ)·y_r, λ ~ Beta(α, α) (α = 1, one λ per
+    batch); the reversed batch has p_c ∝ 1/n_c (``reverse`` sampler), so the tail enters every pair.
+    """
+
+    def __init__(self, class_counts: np.ndarray, alpha: float = 1.0) -> None:
+        super().__init__(class_counts)
+        check_range("alpha", alpha, 1e-6, float("inf"))
+        self.alpha = alpha
+
+    def __call__(self, x, y, ctx):
+        x_r, y_r = draw_from(ctx, "reverse", len(y))
+        lam = sample_beta(self.alpha, ctx.generator, x.device)
+        return lam * x + (1 - lam) * x_r, y, y_r, lam.expand(len(y))
+
+
+@MIXING.register("cmo", paper="Park, Hong, Lee, Yun & Lee, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
+class CMO(Mixing):
+    """Context-rich minority oversampling: paste a box of a minority-sampled image onto each batch image.
+
+    The second batch is drawn with per-image weights ∝ n_c^(−α) (α = ``weighted_alpha`` = 1, as the
+    official ``get_weighted_sampler``), i.e. class probabilities ∝ n_c^(1−α): class-balanced for α = 1.
+    With probability ``prob`` (0.5) a batch gets a CutMix box from it: λ ~ Beta(β, β), β = 1, label
+    λ·y + (1−λ)·y_minority with λ the kept area. As in the official code CMO is active only for
+    ``start_epoch`` < epoch < epochs − ``end_epochs`` (both 3 there; epochs 0-based here).
+    """
+
+    def __init__(
+        self,
+        class_counts: np.ndarray,
+        prob: float = 0.5,
+        beta: float = 1.0,
+        weighted_alpha: float = 1.0,
+        start_epoch: int = 3,
+        end_epochs: int = 3,
+    ) -> None:
+        super().__init__(class_counts)
+        check_range("prob", prob, 0.0, 1.0, closed_high=True)
+        check_range("beta", beta, 1e-6, float("inf"))
+        check_range("weighted_alpha", weighted_alpha, 0.0, float("inf"))
+        check_range("start_epoch", start_epoch, -1, float("inf"))
+        check_range("end_epochs", end_epochs, 0, float("inf"))
+        self.prob, self.beta, self.weighted_alpha = prob, beta, weighted_alpha
+        self.start_epoch, self.end_epochs = start_epoch, end_epochs
+
+    def minority_probabilities(self) -> np.ndarray:
+        """Class probabilities of the pasted batch: n_c · n_c^(−α), normalised."""
+        return samplers.power_law(self.class_counts.astype(np.float64), 1.0 - self.weighted_alpha)
+
+    def __call__(self, x, y, ctx):
+        active = self.start_epoch < ctx.epoch < ctx.epochs - self.end_epochs
+        if not active or not coin(self.prob, ctx, x.device):
+            return unmixed(x, y)
+        if ctx.draw_batch is None:
+            raise ValueError("cmo draws a minority batch; MixContext.draw_batch is required")
+        x_min, y_min = ctx.draw_batch(self.minority_probabilities(), len(y))
+        mixed, lam = paste_box(x, x_min, sample_beta(self.beta, ctx.generator, x.device), ctx.generator)
+        return mixed, y, y_min, lam.expand(len(y))
+
+
+def noise_like(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` pure-noise inputs shaped like x's samples: N(0, 1) per pixel after normalisation.
+
+    Inputs are already normalised by the dataset's per-channel mean and std, so this is noise with the
+    dataset's mean and std in pixel space.
+    """
+    return torch.randn((n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+
+
+@MIXING.register("open_sampling", paper="Wei, Tao, Xie, Feng & An, Open-Sampling, ICML 2022")
+class OpenSampling(Mixing):
+    """Open-sampling: append out-of-distribution (pure-noise) images labelled from a complementary prior.
+
+    Each noise image gets a label drawn from Γ_c ∝ π_max + π_min − π_c (the official code's
+    ``rebalance_rate`` when its alpha ≤ 0), so the tail receives most of them. The loss is
+    mean ℓ(ID) + λ_o · Σ w_ỹ ℓ(noise) / Σ w_ỹ with class weights w = C·Γ/ΣΓ, λ_o = 1 (official
+    ``train_batch_with_out``). The official command uses 512 open-set images per 128-image batch
+    (``ood_ratio`` = 4); its open set is 300K Random Images, here Gaussian noise at the data's mean/std.
+    """
+
+    def __init__(self, class_counts: np.ndarray, ood_ratio: float = 4.0, lambda_o: float = 1.0) -> None:
+        super().__init__(class_counts)
+        check_range("ood_ratio", ood_ratio, 0.0, float("inf"))
+        check_range("lambda_o", lambda_o, 0.0, float("inf"))
+        self.ood_ratio, self.lambda_o = ood_ratio, lambda_o
+        prior = self.class_counts / self.class_counts.sum()
+        self.rates = prior.max() + prior.min() - prior  # Γ: complementary to the prior
+
+    def __call__(self, x, y, ctx):
+        b, m = len(y), int(round(self.ood_ratio * len(y)))
+        if m == 0:
+            self.batch_weight = None
+            return unmixed(x, y)
+        rates = torch.as_tensor(self.rates, dtype=torch.float32, device=x.device)
+        y_ood = torch.multinomial(rates, m, replacement=True, generator=ctx.generator)
+        w = (rates / rates.sum() * len(rates))[y_ood]
+        # The loop averages weight·ℓ over b + m samples: these multipliers turn that mean into
+        # mean_ID ℓ + λ_o · weighted mean_OOD ℓ.
+        self.batch_weight = (b + m) * torch.cat([torch.full((b,), 1.0 / b, device=x.device), self.lambda_o * w / w.sum()])
+        y_all = torch.cat([y, y_ood])
+        return torch.cat([x, noise_like(x, m, ctx.generator)]), y_all, y_all, torch.ones(b + m, device=x.device)
+
+
+@MIXING.register("pure_noise", paper="Zada, Benou & Irani, Pure Noise to the Rescue of Insufficient Data (OPeN), ICML 2022")
+class PureNoise(Mixing):
+    """OPeN: oversample the minority classes and replace part of the oversampled images by pure noise.
+
+    From ``start_epoch`` (deferred, as the paper's CIFAR recipe from epoch 160 of 200; default 0.8 · epochs)
+    the batch is redrawn class-balanced and an image of class c becomes a noise image (N(μ, σ) of the
+    dataset, i.e. N(0, 1) after normalisation) with probability δ·(1 − n_c/n_max): a fraction δ of the
+    images that oversampling duplicated (δ = 1/3, the paper's CIFAR-10-LT value). Noise images keep their
+    (minority) label. The noise mask is handed to DAR-BN layers (norm ``dar_bn``) through
+    :func:`ltlib.models.set_noise_mask`, so they normalise noise with its own batch statistics.
+    """
+
+    def __init__(self, class_counts: np.ndarray, delta: float = 1 / 3, start_epoch: int | None = None) -> None:
+        super().__init__(class_counts)
+        check_range("delta", delta, 0.0, 1.0, closed_high=True)
+        if start_epoch is not None:
+            check_range("start_epoch", start_epoch, 0, float("inf"))
+        self.delta, self.start_epoch = delta, start_epoch
+        counts = self.class_counts.astype(np.float64)
+        self.replace_prob = delta * (1 - counts / counts.max())
+
+    def __call__(self, x, y, ctx):
+        start = int(0.8 * ctx.epochs) if self.start_epoch is None else self.start_epoch
+        if ctx.epoch < start:
+            set_noise_mask(ctx.model, None)
+            return unmixed(x, y)
+        x, y = draw_from(ctx, "class_balanced", len(y))
+        p = torch.as_tensor(self.replace_prob, dtype=torch.float32, device=x.device)[y]
+        mask = torch.rand(len(y), generator=ctx.generator, device=x.device) < p
+        x = torch.where(mask.view(-1, *([1] * (x.ndim - 1))), noise_like(x, len(y), ctx.generator), x)
+        set_noise_mask(ctx.model, mask)
+        return unmixed(x, y)
+
+
+@MIXING.register("gae", paper="Zhang, Zhang, Li & Wu, Adversarial Examples for Good: Adversarial Examples Guided Imbalanced Learning, 2022")
+class GuidedAdversarial(Mixing):
+    """Guided adversarial examples: push majority images a few signed-gradient steps toward minority classes.
+
+    For each image of a majority class (n_c above the median count) a target t is drawn from the
+    minority classes (n_c below the median) ∝ 1/n_t; ``steps`` steps x ← x − (ε/steps)·sign ∇x ℓ(f(x), t)
+    (targeted FGSM/I-FGSM, L∞ radius ε in normalised units) are taken with the current model and loss,
+    and the perturbed images are trained with their original labels. Only the abstract of the paper was
+    available here: ε = 0.1, 3 steps and the start at ``start_epoch`` (default half of training, so the
+    model's boundary exists to be probed) are small choices of this library, not the paper's values.
+    """
+
+    def __init__(self, class_counts: np.ndarray, eps: float = 0.1, steps: int = 3, start_epoch: int | None = None) -> None:
+        super().__init__(class_counts)
+        check_range("eps", eps, 0.0, float("inf"))
+        check_range("steps", steps, 1, float("inf"))
+        if start_epoch is not None:
+            check_range("start_epoch", start_epoch, 0, float("inf"))
+        self.eps, self.steps, self.start_epoch = eps, steps, start_epoch
+        counts = self.class_counts.astype(np.float64)
+        median = np.median(counts)
+        self.majority = counts > median
+        minority = (counts < median) & (counts > 0)
+        self.target_probs = np.where(minority, 1 / np.maximum(counts, 1), 0.0)
+
+    def __call__(self, x, y, ctx):
+        start = ctx.epochs // 2 if self.start_epoch is None else self.start_epoch
+        if ctx.epoch < start or ctx.model is None or ctx.loss is None or not self.target_probs.any():
+            return unmixed(x, y)
+        major = torch.as_tensor(self.majority, device=x.device)[y]
+        if not bool(major.any()):
+            return unmixed(x, y)
+        probs = torch.as_tensor(self.target_probs, dtype=torch.float32, device=x.device)
+        target = torch.multinomial(probs, len(y), replacement=True, generator=ctx.generator)
+        x_adv = x.detach().clone()
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(ctx.loss(ctx.model(x_adv), target), x_adv)
+            x_adv = (x_adv.detach() - (self.eps / self.steps) * grad.sign()).clamp(x - self.eps, x + self.eps)
+        return torch.where(major.view(-1, *([1] * (x.ndim - 1))), x_adv, x), y, y, torch.ones(len(y), device=x.device)

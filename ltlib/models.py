@@ -52,6 +52,51 @@ def batchnorm(channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+class DarBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that routes noise images to their own statistics (DAR-BN, Zada et al. 2022).
+
+    In training, natural images go through ordinary batch norm (and update the running statistics);
+    images flagged in ``noise_mask`` are normalised with the mean and variance of the noise images
+    alone, then scaled by the same affine γ, β (gradients flow through both paths). In eval mode, or
+    with no mask, it is plain batch norm. The mask is set per batch by :func:`set_noise_mask`.
+    """
+
+    noise_mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.noise_mask
+        if not self.training or mask is None or len(mask) != len(x) or not bool(mask.any()):
+            return super().forward(x)
+        natural = ~mask
+        noise = x[mask]
+        mean = noise.mean((0, 2, 3), keepdim=True)
+        var = noise.var((0, 2, 3), unbiased=False, keepdim=True)
+        shape = (1, -1, 1, 1)
+        parts = [super().forward(x[natural])] if bool(natural.any()) else []
+        parts.append((noise - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape))
+        order = torch.cat([natural.nonzero().squeeze(1), mask.nonzero().squeeze(1)])
+        return torch.cat(parts)[torch.argsort(order)]
+
+
+@NORMS.register("dar_bn", paper="Zada, Benou & Irani, Pure Noise to the Rescue of Insufficient Data, ICML 2022")
+def dar_bn(channels: int) -> nn.Module:
+    """DAR-BN: separate batch statistics for pure-noise and natural images, shared affine."""
+    return DarBatchNorm2d(channels)
+
+
+def set_noise_mask(model: nn.Module | None, mask: torch.Tensor | None) -> None:
+    """Tell every DAR-BN layer of ``model`` which samples of the coming batch are noise (None: none).
+
+    The mask stays until the next call; layers ignore it in eval mode or when its length differs
+    from the batch they see. Models without DAR-BN layers are unaffected.
+    """
+    if model is None:
+        return
+    for m in model.modules():
+        if isinstance(m, DarBatchNorm2d):
+            m.noise_mask = mask
+
+
 class Classifier(nn.Module):
     """A backbone producing features plus a head producing logits."""
 

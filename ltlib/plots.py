@@ -96,6 +96,20 @@ def training_curves(
     return _layout(fig, "Training curves")
 
 
+def sampler_rates(run: Run) -> go.Figure:
+    """Per-class sampling probability over epochs (stacked, head → tail) for samplers that learn (meta)."""
+    rows = [h for h in run.history if "sampler_rates" in h]
+    if not rows:
+        raise ValueError(f"run {run.id} logged no sampler_rates; only learning samplers (meta) log them")
+    rates = np.array([h["sampler_rates"] for h in rows])
+    counts, names = np.asarray(run.meta["class_counts"]), _names(run)
+    epochs = [h["epoch"] for h in rows]
+    fig = go.Figure(
+        [go.Scatter(x=epochs, y=rates[:, c], name=f"{names[c]} (n={counts[c]})", mode="lines", stackgroup="rates") for c in _order(counts)]
+    )
+    return _layout(fig, "Learned class sampling rates", xaxis=dict(title="epoch"), yaxis=dict(title="sampling probability", range=[0, 1]))
+
+
 def confusion(run: Run, normalize: bool = True) -> go.Figure:
     """Confusion matrix (rows: true class, ordered head → tail), row-normalised."""
     logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]

@@ -3,6 +3,10 @@
 ``class_probabilities(name, class_counts, epoch, epochs, **params)`` gives the probability of
 drawing each class; images are then drawn uniformly within a class, with replacement, as the
 papers' samplers do. ``instance`` is the ordinary shuffled epoch (each image once).
+
+A sampler is usually a function of the counts and the epoch. A sampler that *learns* (``meta``)
+is a class: the training loop builds it once and calls its ``on_epoch_start(epoch, state)`` hook,
+which replaces ``state.class_probs`` for that epoch; ``class_probabilities`` gives its starting rates.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ltlib.registry import Registry
+from ltlib.registry import Registry, check_range
 
 SAMPLERS = Registry("sampler", fixed=("class_counts", "epoch", "epochs"))
 
@@ -24,8 +29,21 @@ def available() -> list[str]:
 def class_probabilities(name: str, class_counts: np.ndarray | list[int], epoch: int = 0, epochs: int = 1, **params: Any) -> np.ndarray:
     """Per-class sampling probabilities (sum to 1) of sampler ``name`` at ``epoch`` of ``epochs``."""
     counts = np.asarray(class_counts, dtype=np.float64)
-    p = np.asarray(SAMPLERS.build(name, counts, epoch, epochs, **params), dtype=np.float64)
+    p = SAMPLERS.build(name, counts, epoch, epochs, **params)
+    if learns(name):
+        p = p.probabilities()
+    p = np.asarray(p, dtype=np.float64)
     return p / p.sum()
+
+
+def learns(name: str) -> bool:
+    """True for samplers that change during training through an ``on_epoch_start`` hook (``meta``)."""
+    return hasattr(SAMPLERS.get(name).obj, "on_epoch_start")
+
+
+def build_learner(name: str, class_counts: np.ndarray, epochs: int, **params: Any) -> Any:
+    """The sampler object whose hook the loop calls each epoch, or None for a fixed sampler."""
+    return SAMPLERS.build(name, np.asarray(class_counts, dtype=np.float64), 0, epochs, **params) if learns(name) else None
 
 
 def power_law(counts: np.ndarray, q: float) -> np.ndarray:
@@ -46,6 +64,150 @@ def instance(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
 def class_balanced(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
     """Class-balanced: every class equally likely, p_c = 1/C."""
     return power_law(class_counts, 0.0)
+
+
+@SAMPLERS.register("sqrt", paper="Mahajan et al., Exploring the Limits of Weakly Supervised Pretraining, ECCV 2018")
+def sqrt(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
+    """Square-root sampling: p_c ∝ √n_c, between instance and class-balanced (Kang et al. 2020 compare it)."""
+    return power_law(class_counts, 0.5)
+
+
+@SAMPLERS.register("power", paper="Kang et al., Decoupling Representation and Classifier, ICLR 2020")
+def power(class_counts: np.ndarray, epoch: int, epochs: int, q: float = 0.5) -> np.ndarray:
+    """Power-law sampling: p_c ∝ n_c^q (q = 1 instance, ½ square-root, 0 class-balanced, −1 reversed).
+
+    Kang et al. write every sampler as this family with q ∈ [0, 1]; q is allowed down to −1 here.
+    """
+    check_range("q", q, -1.0, 1.0, closed_high=True)
+    return power_law(class_counts, q)
+
+
+@SAMPLERS.register("progressive", paper="Kang et al., Decoupling Representation and Classifier, ICLR 2020")
+def progressive(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
+    """Progressively-balanced: p = (1 − t/T)·p_instance + (t/T)·p_balanced at epoch t of T.
+
+    t is the 0-based epoch, so the first epoch samples by instance and the last is (T−1)/T of the way
+    to class-balanced, as in the paper's p_PB(t) with t counted from 0.
+    """
+    t = epoch / max(1, epochs)
+    return (1 - t) * power_law(class_counts, 1.0) + t * power_law(class_counts, 0.0)
+
+
+@SAMPLERS.register("reverse", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network, CVPR 2020")
+def reverse(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
+    """Reversed sampling (BBN's re-balancing branch): p_c ∝ 1/n_c, the tail drawn most.
+
+    BBN's code computes w_c = n_max / n_c and normalises by Σ w; that is p_c ∝ n_c^(−1).
+    """
+    return power_law(class_counts, -1.0)
+
+
+def _invert_sigmoid(p: torch.Tensor) -> torch.Tensor:
+    return p.log() - (1 - p).log()
+
+
+@SAMPLERS.register("meta", paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020")
+class MetaSampler:
+    """Meta sampler (BALMS): per-class sampling rates learned by a bilevel step on a balanced meta set.
+
+    Each image of class c is drawn with weight σ(w_c), so p_c ∝ n_c·σ(w_c). A meta step draws a batch
+    of B classes with a straight-through Gumbel-softmax over log p (one-hot forward, soft gradient),
+    takes one SGD look-ahead step θ' = θ − η·∇θ mean_i ℓ_i·s_i of the classifier head on those
+    images (s_i: the straight-through one-hot weight, 1 in value; η: the current learning rate;
+    features detached, as the official code does), then updates w with Adam (lr 0.01, the official
+    default) to lower the cross-entropy of the look-ahead head on the meta set.
+    w starts at logit(r_c / (min r + max r)) with r_c = π_c^(−init_pow) as in the official code
+    (init_pow = 0: every σ(w_c) = ½, i.e. instance sampling).
+
+    The meta set holds up to ``meta_per_class`` (10, a choice of this library) images of every class,
+    taken from the training set (the tail has too few images to hold any out). Where the official code runs one meta step per
+    training step, here ``meta_steps`` steps run at the start of each epoch (default: as many as
+    the epoch has batches) and the learned rates then hold for that epoch; features are computed in
+    eval mode so the meta step leaves the BN statistics alone. Each epoch logs p_c as
+    ``sampler_rates``.
+    """
+
+    def __init__(
+        self,
+        class_counts: np.ndarray,
+        epoch: int,
+        epochs: int,
+        lr: float = 0.01,
+        meta_per_class: int = 10,
+        meta_steps: int | None = None,
+        init_pow: float = 0.0,
+    ) -> None:
+        check_range("lr", lr, 1e-12, float("inf"))
+        check_range("meta_per_class", meta_per_class, 1, float("inf"))
+        if meta_steps is not None:
+            check_range("meta_steps", meta_steps, 0, float("inf"))
+        counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
+        prior = counts.clamp_min(1) / counts.clamp_min(1).sum()
+        r = prior ** (-init_pow)
+        self.w = _invert_sigmoid(r / (r.min() + r.max())).float().requires_grad_(True)
+        self.counts = counts.float()
+        self.lr, self.meta_per_class, self.meta_steps = lr, meta_per_class, meta_steps
+        self.optimizer = torch.optim.Adam([self.w], lr=lr)
+        self.meta_idx: torch.Tensor | None = None  # carved at the first epoch, when the data is known
+
+    def probabilities(self) -> np.ndarray:
+        """p_c ∝ n_c·σ(w_c), normalised."""
+        with torch.no_grad():
+            p = self.counts * torch.sigmoid(self.w.detach().cpu())
+        return (p / p.sum()).double().numpy()
+
+    def meta_step(self, state: Any, batch_size: int) -> float:
+        """One bilevel update of w; returns the meta (balanced) loss before the update."""
+        model, loss_fn, dev = state.model, state.loss, state.device
+        x_train, y_train = state.data.x_train, state.data.y_train
+        logits = torch.where(self.counts > 0, self.counts.clamp_min(1).log() + F.logsigmoid(self.w), -torch.inf)
+        # Straight-through Gumbel-softmax: one-hot class draws whose gradient flows to w.
+        u = torch.rand(batch_size, len(self.w), generator=state.generator, device=dev).cpu().clamp(1e-9, 1 - 1e-9)
+        soft = F.softmax(logits - (-u.log()).log(), dim=1)
+        hard = F.one_hot(soft.argmax(1), len(self.w)).float()
+        picked = (hard - soft.detach() + soft) * hard  # value 1 at the drawn class, gradient of soft
+        classes = hard.argmax(1)
+        idx = _uniform_within(y_train, classes, torch.rand(batch_size, generator=state.generator, device=dev).cpu())
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            feats = model.features(state.inputs(x_train[idx])).float()
+            meta_feats = model.features(state.inputs(x_train[self.meta_idx])).float()
+        model.train(was_training)
+        extra = {"features": feats} if loss_fn.needs_features else {}
+        per_image = loss_fn(model.head(feats).float(), classes.to(dev), reduction="none", **extra).cpu()
+        train_loss = (per_image * picked.sum(1)).mean()
+        head = dict(model.head.named_parameters())
+        grads = torch.autograd.grad(train_loss, list(head.values()), create_graph=True)
+        lr = state.optimizer.param_groups[0]["lr"]
+        look_ahead = {k: v - lr * g for (k, v), g in zip(head.items(), grads)}
+        meta_logits = torch.func.functional_call(model.head, look_ahead, (meta_feats,)).float()
+        meta_loss = F.cross_entropy(meta_logits, y_train[self.meta_idx].to(dev))
+        self.optimizer.zero_grad()
+        (self.w.grad,) = torch.autograd.grad(meta_loss, [self.w])
+        self.optimizer.step()
+        return float(meta_loss.detach())
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        labels = state.data.y_train
+        if self.meta_idx is None:
+            perm = torch.randperm(len(labels), generator=state.generator, device=state.device).cpu()
+            self.meta_idx = torch.cat([perm[labels[perm] == c][: self.meta_per_class] for c in range(len(self.counts))])
+        batch = min(state.cfg.batch_size, len(labels))
+        steps = -(-len(labels) // batch) if self.meta_steps is None else self.meta_steps
+        for _ in range(steps):
+            state.log["meta_loss"] = self.meta_step(state, batch)
+        state.class_probs = self.probabilities()
+        state.log["sampler_rates"] = state.class_probs.tolist()
+
+
+def _uniform_within(labels: torch.Tensor, classes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """For each entry of ``classes``, an index i with labels[i] == that class, picked by u ∈ [0, 1)."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=int(classes.max()) + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    offset = (u * counts[classes]).long().clamp_max(counts[classes] - 1)
+    return order[starts[classes] + offset]
 
 
 def draw_indices(

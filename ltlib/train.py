@@ -183,6 +183,9 @@ class Result:
     model: torch.nn.Module
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("training was cancelled")
@@ -198,6 +201,14 @@ def _choose_engine(cfg: Config, loss_fn: losses.Loss, device: torch.device) -> t
     if cfg.engine == "auto" and device.type != "cuda":
         return "eager", "no CUDA device (graphs only pay off on a GPU)"
     return "graph", "CUDA graph" if device.type == "cuda" else "graph step, uncaptured on CPU"
+
+
+def check_needs(cfg: Config, data: Dataset) -> None:
+    """Raise ``ValueError`` when a chosen method needs images and the dataset has feature vectors."""
+    chosen = [(samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing), (losses.LOSSES, cfg.loss)]
+    for registry, name in chosen:
+        if "images" in registry.get(name).needs and not data.is_image:
+            raise ValueError(f"{registry.kind} {name!r} needs images; dataset {cfg.dataset!r} has feature vectors")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -278,8 +289,13 @@ def batch_loss(
     y_b: torch.Tensor | None,
     lam: torch.Tensor,
     use_bf16: bool,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample."""
+    """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
+
+    ``weight`` (mixed batches only) multiplies each sample's term before the mean: methods that add
+    samples with their own loss weight (Open-sampling's noise images) set it.
+    """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
@@ -287,7 +303,8 @@ def batch_loss(
     extra = {"features": feats.float()} if loss_fn.needs_features else {}
     if y_b is None:
         return loss_fn(logits, y, **extra)
-    return (lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)).mean()
+    per_sample = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    return (per_sample if weight is None else weight * per_sample).mean()
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -320,7 +337,6 @@ def train(
 
     started = time.time()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
 
@@ -329,9 +345,13 @@ def train(
     inputs = Inputs(data, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
 
-    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
-    model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-    model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+    # Weights are initialised from the global RNG: the lock keeps runs trained side by side (ltlib.sweep,
+    # two app sessions) from drawing from each other's seed.
+    with _INIT_LOCK:
+        torch.manual_seed(cfg.seed)
+        loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
+        model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
+        model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
     model = model.to(device)
     if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
         raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
@@ -345,9 +365,12 @@ def train(
     optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
+    check_needs(cfg, data)
+    # A sampler that learns (meta) is an object; its hook sets state.class_probs each epoch.
+    learned_sampler = samplers.build_learner(cfg.sampler, counts, cfg.epochs, **cfg.sampler_params)
     state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
-    hooks = [h for h in (schedule, loss_fn, mixer, optimizer) if hasattr(h, "on_epoch_start")]
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,7 +416,8 @@ def train(
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16))
+            weight = mixer.batch_weight  # per-sample loss weights of this batch, or None
+            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight))
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 

@@ -140,3 +140,40 @@ def test_random_crop_flip_matches_a_shifted_window():
     flipped = random_crop_flip(x, 0, True, torch.Generator().manual_seed(1))
     for i in range(2):
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+
+
+@pytest.mark.parametrize("broken", [None, "broken.jpg"])
+def test_jpeg_folders_decode_like_pil_and_name_a_corrupt_file(tmp_path, broken):
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.jpg", quality=90)
+    if broken:
+        (tmp_path / "dog" / broken).write_bytes(b"\xff\xd8 not really a jpeg")
+        with pytest.raises(ValueError, match=r"corrupt image file .*broken\.jpg"):
+            load_dataset("imagefolder", path=str(tmp_path))
+        return
+    ds = load_dataset("imagefolder", path=str(tmp_path), test_fraction=0.25)
+    x = torch.cat([ds.x_train, ds.x_test])
+    pil = {np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1).tobytes() for f in tmp_path.rglob("*.jpg")}
+    assert {im.numpy().tobytes() for im in x} == pil
+
+
+def test_fast_tar_reader_matches_tarfile(tmp_path):
+    from ltlib.data import _plain_tar_members
+
+    _write_folder(tmp_path / "imgs")
+    long_dir = tmp_path / "imgs" / ("x" * 120)
+    long_dir.mkdir()
+    (long_dir / "0.png").write_bytes((tmp_path / "imgs" / "cat" / "0.png").read_bytes())
+    # Python writes pax headers (long paths, fractional mtimes); GNU format uses long-name records.
+    for name, fmt in (("pax.tar.gz", tarfile.PAX_FORMAT), ("ustar.tar", tarfile.USTAR_FORMAT), ("gnu.tar", tarfile.GNU_FORMAT)):
+        with tarfile.open(tmp_path / name, "w:gz" if name.endswith("gz") else "w", format=fmt) as tar:
+            for f in sorted((tmp_path / "imgs").rglob("*")):
+                if fmt != tarfile.USTAR_FORMAT or long_dir not in (f, f.parent):
+                    tar.add(f, arcname=f.relative_to(tmp_path).as_posix(), recursive=False)
+        fast = _plain_tar_members(tmp_path / name)
+        with tarfile.open(tmp_path / name) as tar:
+            slow = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+        assert fast is None if fmt == tarfile.GNU_FORMAT else fast == slow
