@@ -13,6 +13,8 @@ Source of notebooks/02_reweighting_and_resampling.ipynb — edit here, then run 
 #   — weights by the effective number of samples.
 # - Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, *Decoupling Representation and Classifier for
 #   Long-Tailed Recognition*, ICLR 2020 — instance-, class-balanced, square-root and progressive sampling.
+# - Mahajan, Girshick, Ramanathan, He, Paluri, Li, Bharambe & van der Maaten, *Exploring the Limits of
+#   Weakly Supervised Pretraining*, ECCV 2018 — square-root sampling.
 # - Cao, Wei, Gaidon, Arechiga & Ma, *Learning Imbalanced Datasets with Label-Distribution-Aware Margin
 #   Loss*, NeurIPS 2019 — deferred re-weighting (DRW).
 
@@ -69,27 +71,30 @@ fig
 # ## Re-sampling
 # A sampler gives each class a probability of being drawn; images are drawn uniformly within a class.
 # *Instance-balanced* is the ordinary shuffled epoch (p_c ∝ n_c); *class-balanced* draws every class
-# equally often (p_c = 1/C), so each tail image is repeated many times per epoch. Square-root and
-# progressive sampling (Kang et al.) land in `ltlib.samplers` later; the figure picks up every sampler
-# registered.
+# equally often (p_c = 1/C), so each tail image is repeated many times per epoch; *square-root* sampling
+# (Mahajan et al., ECCV 2018) sits between them with p_c ∝ √n_c; *progressive* sampling moves from
+# instance- to class-balanced over training, p = (1 − t/T)·p_instance + (t/T)·p_balanced.
 
 # %%
-probs = {name: samplers.class_probabilities(name, counts) for name in samplers.available()}
+epochs = cfg.epochs
+probs = {name: samplers.class_probabilities(name, counts) for name in ("instance", "sqrt", "class_balanced")}
+probs |= {f"progressive, epoch {t}": samplers.class_probabilities("progressive", counts, t, epochs) for t in (epochs // 2, epochs - 1)}
 plots.per_class_values(counts, probs, names, "Probability of drawing each class", "p_c")
 
 # %% [markdown]
 # ## Training with each
-# Re-weighting through the whole run is the class-balanced loss of Cui et al. (β = 0.9999); here it is
-# the DRW schedule started at epoch 0. **Deferred** re-weighting (DRW) trains with plain cross-entropy
-# and switches the weights on at 80 % of training, once the features are learned.
+# The class-balanced loss re-weights through the whole run. **Deferred** re-weighting (DRW) trains with
+# plain cross-entropy and switches the same effective-number weights on at 80 % of training, once the
+# features are learned.
 
 # %%
 runs = {
     "CE": run_of(),
-    "re-weighting (β=0.9999)": run_of(schedule="drw", schedule_params={"start_epoch": 0}),
+    "class-balanced loss": run_of(loss="class_balanced"),
     "class-balanced sampler": run_of(sampler="class_balanced"),
+    "square-root sampler": run_of(sampler="sqrt"),
+    "progressive sampler": run_of(sampler="progressive"),
     "CE + DRW": run_of(schedule="drw"),
-    "class-balanced sampler + DRW": run_of(sampler="class_balanced", schedule="drw"),
 }
 pd.DataFrame({name: {k: r.eval[k] for k in ("balanced_accuracy", "many", "medium", "few", "ece")} for name, r in runs.items()}).T.round(3)
 
@@ -101,13 +106,14 @@ pd.DataFrame({name: {k: r.eval[k] for k in ("balanced_accuracy", "many", "medium
 plots.tradeoff({name: r.eval for name, r in runs.items()})
 
 # %%
-plots.delta(runs["CE"], runs["CE + DRW"], "CE", "CE + DRW")
+plots.delta(runs["class-balanced loss"], runs["CE + DRW"], "class-balanced loss", "CE + DRW")
 
 # %% [markdown]
-# Re-weighting from the first epoch is *worse* than plain cross-entropy here: large weights on a few
-# images make early training noisy and the features poor. Deferring the weights to the last epochs keeps
-# the features of cross-entropy and re-balances only the decision boundaries. The training curves show
-# the switch (the loss jumps when the weights change):
+# Re-weighting from the first epoch pushes hard toward the few-shot classes but gives up the medium ones
+# and leaves the model badly calibrated: large weights on a handful of images make training noisy and
+# the features poor. Deferring the weights to the last epochs keeps the features of cross-entropy and
+# re-balances only the decision boundaries. The training curves show the switch (the loss jumps when the
+# weights change):
 
 # %%
 plots.training_curves(runs["CE + DRW"].history)
@@ -116,9 +122,9 @@ plots.training_curves(runs["CE + DRW"].history)
 # ## Try it
 # Solutions: `solutions/02_reweighting_and_resampling.md`.
 #
-# **Exercise 1.** Re-weight from the start with β = 0.9, 0.99 and 0.999
-# (`schedule="drw", schedule_params={"start_epoch": 0, "beta": b}`). Which β works best on this data, and
-# how does that relate to the class sizes?
+# **Exercise 1.** Train the class-balanced loss with β = 0.9, 0.99 and 0.999
+# (`loss="class_balanced", loss_params={"beta": b}`). Which β works best on this data, and how does that
+# relate to the class sizes?
 #
 # **Exercise 2.** Move the DRW switch: `schedule_params={"start_epoch": e}` for e = 10, 20, 28 (of 30).
 # What happens when it starts too early or too late?
