@@ -81,17 +81,28 @@ plots.compare_per_class(list(runs.values()), labels=list(runs))
 
 # %% [markdown]
 # ## Normalisation layers
-# Batch normalisation pools statistics over a batch that is mostly head-class images, so its mean and
-# variance describe the head. Compound batch normalisation (Cheng et al., 2022: a Gaussian mixture of
-# normalisers fitted by moving-average EM) and DAR-BN (Zada et al., CVPR 2022) address this; they land
-# in `ltlib.models.NORMS` later, and this section will compare them then. The `digits-quick` MLP has no
-# normalisation layer at all; norms matter for the CNN and ResNets (`fashion-mnist-lt`, `cifar10-lt`, or
-# `model="cnn"`), chosen with `preset(..., norm=NAME)`. The norms available now:
+# Batch normalisation pools its statistics over a batch. When a method feeds the network unusual inputs,
+# those statistics stop describing the real images. OPeN (Zada, Benou & Irani, *Pure Noise to the Rescue
+# of Insufficient Data*, ICML 2022) over-samples the tail and replaces part of the repeated images by
+# pure noise; its **DAR-BN** normalises the noise images with their own batch statistics and the natural
+# images with theirs, sharing the affine parameters. Compound batch normalisation (Cheng, Fang, Zhang, Li &
+# Huang, ACM MM 2022) lands in `ltlib` later.
+#
+# The `digits-quick` MLP has no normalisation layer, so here we switch to the small CNN (`model="cnn"`).
 
 # %%
 from ltlib.models import NORMS
 
-{name: NORMS.get(name).summary for name in NORMS.available()}
+print({name: NORMS.get(name).summary for name in NORMS.available()})
+cnn = {
+    "CNN, OPeN + batch norm": load_run(train(preset(PRESET, seed=SEED, model="cnn", mixing="pure_noise")).run_id),
+    "CNN, OPeN + DAR-BN": load_run(train(preset(PRESET, seed=SEED, model="cnn", mixing="pure_noise", norm="dar_bn")).run_id),
+}
+pd.DataFrame({name: {k: r.eval[k] for k in ("balanced_accuracy", "many", "medium", "few", "ece")} for name, r in cnn.items()}).T.round(3)
+
+# %%
+coords, labels = embed.run_embedding(cnn["CNN, OPeN + DAR-BN"], PROJECTION)
+plots.embedding(coords, labels, names, title=f"CNN, OPeN + DAR-BN: {PROJECTION.upper()} of penultimate features")
 
 # %% [markdown]
 # ## Try it
