@@ -192,7 +192,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for name in reg.available():
             e = reg.get(name)
             params = ", ".join(f"{k}={v}" for k, v in e.defaults.items())
-            print(f"  {name:20s} {e.summary}  [{e.paper}]" + (f"  ({params})" if params else ""))
+            needs = f"  needs: {', '.join(e.needs)}" if e.needs else ""
+            print(f"  {name:20s} {e.summary}  [{e.paper}]" + (f"  ({params})" if params else "") + needs)
     print("presets: " + ", ".join(presets.available()))
     return 0
 

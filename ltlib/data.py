@@ -43,9 +43,14 @@ class Dataset:
     flip: bool = False
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
-    # Per-sample domain ids for multi-domain datasets (TALLY); None for single-domain data.
+    # Multi-domain datasets (TALLY): per-sample domain ids, the domain names and, per domain, its
+    # classes from head to tail (so a tail class of one domain can be a head class of another).
+    # All None for single-domain data.
     domains_train: torch.Tensor | None = None
     domains_test: torch.Tensor | None = None
+    domains_val: torch.Tensor | None = None
+    domain_names: list[str] | None = None
+    domain_class_orders: list[list[int]] | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -60,8 +65,19 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names) if self.domain_names else 0
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.y_train.numpy(), minlength=self.num_classes)
+
+    def domain_class_counts(self) -> np.ndarray:
+        """Training images per (domain, class), shape (D, C); needs domains."""
+        if self.domains_train is None:
+            raise ValueError(f"dataset {self.name!r} has no domains")
+        pair = self.domains_train.numpy() * self.num_classes + self.y_train.numpy()
+        return np.bincount(pair, minlength=self.num_domains * self.num_classes).reshape(self.num_domains, self.num_classes)
 
 
 def cache_dir() -> Path:
@@ -105,43 +121,54 @@ def make_long_tailed(
 
     n_max is the smallest class in the pool, so every class can supply its count. With
     ``val_fraction`` > 0 a stratified validation split is carved from the long-tailed
-    training set (at least one image per class with two or more).
+    training set (at least one image per class with two or more). A multi-domain dataset gets
+    a long tail in every domain, over that domain's own class order (``domain_class_orders``),
+    with n_max the smallest (domain, class) cell of the domain.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} is out of range; allowed: [0, 1)")
     y = ds.y_train.numpy()
-    pool = np.bincount(y, minlength=ds.num_classes)
-    if pool.min() == 0:
-        empty = ds.class_names[int(pool.argmin())]
-        raise ValueError(f"class {empty!r} has no training images in dataset {ds.name!r}")
-    counts = long_tail_counts(int(pool.min()), ds.num_classes, imbalance, profile)
-    for c, n in enumerate(counts):
-        if n < 1:
-            raise ValueError(
-                f"imbalance={imbalance} leaves class {ds.class_names[c]!r} with zero training images "
-                f"(largest class has {pool.min()}); use an imbalance <= {pool.min()}"
-            )
+    dom = None if ds.domains_train is None else ds.domains_train.numpy()
+    # Cells to subsample: (where, order, label) with ``order`` the classes from head to tail.
+    cells = [(np.ones(len(y), bool), list(range(ds.num_classes)), "")]
+    if dom is not None:
+        names = ds.domain_names or [str(d) for d in range(int(dom.max()) + 1)]
+        orders = ds.domain_class_orders or [list(range(ds.num_classes))] * len(names)
+        cells = [(dom == d, orders[d], f" of domain {name!r}") for d, name in enumerate(names)]
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
-    for c, n in enumerate(counts):
-        chosen = rng.permutation(np.flatnonzero(y == c))[:n]
-        n_val = int(round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
-        if val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)
-        val_idx.append(chosen[:n_val])
-        train_idx.append(chosen[n_val:])
+    for where, order, label in cells:
+        pool = np.bincount(y[where], minlength=ds.num_classes)
+        if pool.min() == 0:
+            empty = ds.class_names[int(pool.argmin())]
+            raise ValueError(f"class {empty!r}{label} has no training images in dataset {ds.name!r}")
+        counts = np.zeros(ds.num_classes, int)
+        counts[order] = long_tail_counts(int(pool.min()), ds.num_classes, imbalance, profile)
+        for c, n in enumerate(counts):
+            if n < 1:
+                raise ValueError(
+                    f"imbalance={imbalance} leaves class {ds.class_names[c]!r}{label} with zero training images "
+                    f"(largest class has {pool.min()}); use an imbalance <= {pool.min()}"
+                )
+        for c, n in enumerate(counts):
+            chosen = rng.permutation(np.flatnonzero(where & (y == c)))[:n]
+            n_val = int(round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
+            if val_fraction > 0 and n >= 2:
+                n_val = min(max(n_val, 1), n - 1)
+            val_idx.append(chosen[:n_val])
+            train_idx.append(chosen[n_val:])
     tr = torch.from_numpy(np.concatenate(train_idx))
     va = torch.from_numpy(np.concatenate(val_idx))
-    dom = ds.domains_train
     out = replace(
         ds,
         x_train=ds.x_train[tr],
         y_train=ds.y_train[tr],
-        domains_train=None if dom is None else dom[tr],
+        domains_train=None if dom is None else ds.domains_train[tr],
         info={**ds.info, "imbalance": imbalance, "profile": profile, "subset_seed": seed},
     )
     if len(va):
         out.x_val, out.y_val = ds.x_train[va], ds.y_train[va]
+        out.domains_val = None if dom is None else ds.domains_train[va]
     return out
 
 
@@ -264,6 +291,72 @@ def fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
         crop_padding=2,
         flip=True,
     )
+
+
+# Colour-tint domains: pixel value v ∈ [0, 1] of a grey image becomes offset + gain·v per RGB channel.
+# Gains stay positive, so a domain is a per-channel affine "style" of the same digit (what TALLY's
+# per-instance mean/std treats as domain nuisance).
+DOMAIN_TINTS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "red": ((0.0, 0.0, 0.0), (1.0, 0.25, 0.25)),
+    "green on grey": ((0.3, 0.3, 0.3), (0.1, 0.7, 0.1)),
+    "blue on yellow": ((0.7, 0.6, 0.0), (0.3, 0.3, 0.9)),
+}
+
+
+def _tint(x: torch.Tensor, offset: tuple[float, ...], gain: tuple[float, ...]) -> torch.Tensor:
+    """Grey uint8 images (N, 1, H, W) → RGB uint8 images (N, 3, H, W) of one tint domain."""
+    a = torch.tensor(offset).reshape(1, 3, 1, 1)
+    b = torch.tensor(gain).reshape(1, 3, 1, 1)
+    return (255.0 * (a + b * x.float() / 255.0)).round().clamp(0, 255).to(torch.uint8)
+
+
+def with_domains(base: Dataset, name: str, seed: int = 0) -> Dataset:
+    """A multi-domain version of a grey dataset: each tint of :data:`DOMAIN_TINTS` is a domain.
+
+    The train pool is split per class into disjoint, equal thirds, one per domain; every test image
+    appears in every domain, so the test set is balanced over (domain, class). The class orders
+    differ per domain (identity, reversed, shifted by half), so :func:`make_long_tailed` makes a
+    class that is a tail class in one domain a head or middle class in another.
+    """
+    if not base.is_image or base.input_shape[0] != 1:
+        raise ValueError(f"dataset {base.name!r} must be single-channel images to be tinted into domains")
+    names = list(DOMAIN_TINTS)
+    n_dom, n_cls = len(names), base.num_classes
+    rng = np.random.default_rng(seed)
+    y = base.y_train.numpy()
+    dom = np.empty(len(y), np.int64)
+    for c in range(n_cls):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        dom[idx] = np.arange(len(idx)) % n_dom
+    dom_t = torch.from_numpy(dom)
+    x_train = torch.empty((len(y), 3, *base.input_shape[1:]), dtype=torch.uint8)
+    for d, (offset, gain) in enumerate(DOMAIN_TINTS.values()):
+        x_train[dom_t == d] = _tint(base.x_train[dom_t == d], offset, gain)
+    x_test = torch.cat([_tint(base.x_test, *tint) for tint in DOMAIN_TINTS.values()])
+    ranks = list(range(n_cls))
+    return replace(
+        base,
+        name=name,
+        x_train=x_train,
+        x_test=x_test,
+        y_test=base.y_test.repeat(n_dom),
+        domains_train=dom_t,
+        domains_test=torch.arange(n_dom).repeat_interleave(len(base.y_test)),
+        domain_names=names,
+        domain_class_orders=[ranks, ranks[::-1], ranks[n_cls // 2 :] + ranks[: n_cls // 2]],
+    )
+
+
+@DATASETS.register("digits-domains", paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)")
+def digits_domains(n_test_per_class: int = 50) -> Dataset:
+    """Digits in 3 colour-tint domains, each with its own class order for the long tail (multi-domain LT)."""
+    return with_domains(digits(n_test_per_class), "digits-domains")
+
+
+@DATASETS.register("fashion-mnist-domains", paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)")
+def fashion_mnist_domains(root: str | None = None, download: bool = True) -> Dataset:
+    """Fashion-MNIST in 3 colour-tint domains, each with its own class order for the long tail."""
+    return with_domains(fashion_mnist(root, download), "fashion-mnist-domains")
 
 
 def _decode(item: tuple[str, bytes]) -> np.ndarray:

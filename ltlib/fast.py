@@ -31,8 +31,10 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
     if samplers.learns(cfg.sampler):
         return f"sampler {cfg.sampler!r} learns between epochs with its own forward and backward passes (eager only)"
-    if loss_fn.needs_features or hasattr(loss_fn, "on_epoch_start"):
+    if loss_fn.needs_features or loss_fn.needs_domains or hasattr(loss_fn, "on_epoch_start"):
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
+    if any(True for _ in loss_fn.parameters()):
+        return f"loss {cfg.loss!r} has trainable layers; the graph step updates only the model's parameters"
     return None
 
 

@@ -12,6 +12,7 @@ the cosine head with scale s); the training loop builds the model accordingly.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltlib.registry import Registry, check_range
+from ltlib.samplers import TALLY
 
 LOSSES = Registry("loss", fixed=("class_counts",))
 
@@ -42,15 +44,34 @@ def effective_number_weights(class_counts: np.ndarray | list[int], beta: float) 
     return w / w.sum() * len(n)
 
 
+def momentum_update(
+    prototypes: torch.Tensor, seen: torch.Tensor, values: torch.Tensor, groups: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """In place: P_g ← m·P_g + (1 − m)·(mean of ``values`` in group g) for each group g in the batch.
+
+    A group not yet ``seen`` takes the batch mean as it is. Returns the mask of groups present.
+    """
+    n = torch.bincount(groups, minlength=len(prototypes)).to(values.dtype)
+    sums = torch.zeros_like(prototypes).index_add_(0, groups, values)
+    present = n > 0
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    means = sums[present] / n[present].reshape(shape)
+    keep = torch.where(seen[present], momentum, 0.0).to(values.dtype).reshape(shape)
+    prototypes[present] = keep * prototypes[present] + (1 - keep) * means
+    return present
+
+
 class Loss(nn.Module):
     """Base class: subclasses implement ``per_sample(logits, targets)``.
 
     ``needs_features = True`` makes the training loop pass the penultimate features as
-    ``features=``; ``on_epoch_start(epoch, state)`` (optional) lets a loss change with the epoch.
+    ``features=``, ``needs_domains = True`` the batch's domain ids as ``domains=`` (multi-domain
+    datasets); ``on_epoch_start(epoch, state)`` (optional) lets a loss change with the epoch.
     """
 
     head: str = "linear"
     needs_features: bool = False
+    needs_domains: bool = False
 
     def __init__(self, class_counts: np.ndarray | list[int]) -> None:
         super().__init__()
@@ -150,7 +171,8 @@ class LDAM(Loss):
 
     Margins are scaled so the largest is ``max_m`` (0.5). As in the official code the classifier is
     cosine-normalised and the scale s = 30 multiplies the margin-shifted cosines; here the head
-    applies s, so the loss subtracts s·Δ_y from the target logit.
+    applies s, so the loss subtracts s·Δ_y from the target logit. The paper trains it with deferred
+    re-weighting (``--schedule drw``); alone it is close to CE on small data.
     """
 
     head = "cosine"
@@ -315,21 +337,21 @@ class GeneralizedMaxMargin(LDAM):
         return loss
 
 
-def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 2000) -> torch.Tensor:
+def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 300) -> torch.Tensor:
     """C unit vectors in R^dim as far apart as possible: a regular simplex (pairwise cosine −1/(C − 1)) when dim ≥ C.
 
     There, the centred basis vectors e_c − 1/C, normalised, turned by a fixed random rotation into
     R^dim: spread over all dims, so non-negative (post-ReLU) features with a few dead units can still
     point at every prototype (without the rotation PAL did not train on digits). When dim < C the
     simplex does not fit; the prototypes then minimise a smooth maximum (log-sum-exp, temperature
-    0.01) of the pairwise cosines by gradient descent on the sphere, from a seeded random start.
+    0.01) of the pairwise cosines with Adam, from a seeded random start.
     """
     gen = torch.Generator().manual_seed(seed)
     if dim >= num_classes:
         rotation, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=gen))
         return F.normalize(torch.eye(num_classes) - 1.0 / num_classes, dim=1) @ rotation.T
     protos = torch.randn(num_classes, dim, generator=gen).requires_grad_(True)
-    optimizer = torch.optim.SGD([protos], lr=0.05, momentum=0.9)
+    optimizer = torch.optim.Adam([protos], lr=0.05)
     off_diagonal = ~torch.eye(num_classes, dtype=torch.bool)
     for _ in range(steps):
         unit = F.normalize(protos, dim=1)
@@ -377,8 +399,9 @@ class CouplingRegulation(LDAM):
     w_y(t) = (1 − α_t) + α_t·w^CB_y re-weights by the effective number (β = 0.9999, Σ w^CB = C); the
     phased progressive schedule (``on_epoch_start``) moves α_t linearly from 0 to 1 between
     ``phase_start`` and ``phase_end`` (fractions of the epochs), a smooth version of DRW's switch that
-    moves the emphasis from representation learning to the classifier. γ = 1 is the focal γ of the
-    LDAM-DRW official code. The paper's code is not released and its text also credits the
+    moves the emphasis from representation learning to the classifier (it sets the class weights
+    itself, after any schedule's hook: do not combine it with ``--schedule drw``). γ = 1 is the focal γ
+    of the LDAM-DRW official code. The paper's code is not released and its text also credits the
     correction with handling outliers; that part could not be checked and is not implemented
     (a per-sample down-weighting of very unlikely samples that we tried collapsed training at s = 30).
     """
@@ -553,3 +576,71 @@ class OTReweight(Loss):
             raise ValueError("ot_reweight needs features=: the penultimate features of the batch")
         w = self.batch_weights(features, targets)
         return len(targets) * w * F.cross_entropy(logits, targets, reduction="none")
+
+
+@LOSSES.register("tally_proto", paper=TALLY, needs=("domains",))
+class TallyPrototype(Loss):
+    """Cross-entropy plus a cosine classifier on TALLY's domain-invariant class prototypes (domain-averaged momentum means).
+
+    With n = (f − mean f)/std f the penultimate features normalised per sample (TALLY's removal
+    of instance statistics, here over the feature vector), each (domain, class) cell keeps a
+    momentum mean, updated once per forward pass as M_(d,c) ← m·M_(d,c) + (1 − m)·mean of n over the
+    batch's images of cell (d, c) (no gradient; a cell's first batch sets it). The class prototype
+    averages the cells seen so far with equal weight per domain, P_c = mean_d M_(d,c), so a domain's
+    share does not depend on how many images it has of the class — domain effects average out:
+
+        ℓ = −log softmax(z)_y − w · log softmax(s · cos(n, P))_y
+
+    m = 0.8 is the official code's momentum. In TALLY the prototype enters only through the
+    augmentation (``tally_mix`` uses it there, on images); this loss is ltlib's classifier-side use
+    of it, pulling each feature towards its class's domain-averaged prototype. It is not a term of
+    the paper's objective, so ``w`` (weight) and ``s`` (scale, as a cosine classifier's) are
+    ltlib's choices. With ``tally_mix`` the domain of a mixed image is that of its content image.
+    """
+
+    needs_features = True
+    needs_domains = True
+
+    def __init__(self, class_counts: np.ndarray | list[int], weight: float = 1.0, momentum: float = 0.8, scale: float = 10.0) -> None:
+        super().__init__(class_counts)
+        check_range("weight", weight, 0.0, float("inf"))
+        check_range("momentum", momentum, 0.0, 1.0)
+        check_range("scale", scale, 1e-6, float("inf"))
+        self.weight, self.momentum, self.scale = weight, momentum, scale
+        # Per (domain, class) momentum means and which cells have been seen; sized on first use.
+        self.cells: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        # A mixed batch calls the loss twice with the same features: update the cells once.
+        self._updated_for: weakref.ref | None = None
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """P_c = mean over the domains seen with class c of M_(d,c); zeros for a class not seen yet."""
+        seen = self.seen.to(self.cells.dtype)[..., None]
+        return (self.cells * seen).sum(0) / seen.sum(0).clamp_min(1.0)
+
+    def _update(self, n: torch.Tensor, targets: torch.Tensor, domains: torch.Tensor) -> None:
+        num_classes, num_domains = len(self.class_counts), int(domains.max()) + 1
+        if self.cells is None or num_domains > len(self.cells):  # a new domain: grow the table
+            grown = torch.zeros(num_domains, num_classes, n.shape[1], device=n.device)
+            seen = torch.zeros(num_domains, num_classes, dtype=torch.bool, device=n.device)
+            if self.cells is not None:
+                grown[: len(self.cells)], seen[: len(self.seen)] = self.cells, self.seen
+            self.cells, self.seen = grown, seen
+        flat, flat_seen = self.cells.view(-1, n.shape[1]), self.seen.view(-1)
+        flat_seen |= momentum_update(flat, flat_seen, n, domains * num_classes + targets, self.momentum)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor, domains: torch.Tensor | None) -> torch.Tensor:
+        if domains is None:
+            raise ValueError("tally_proto needs a dataset with domains, e.g. digits-domains")
+        if len(domains) != len(targets):
+            raise ValueError(
+                "tally_proto needs one domain per sample; a mixing method that adds samples (open_sampling) cannot be combined"
+            )
+        n = F.layer_norm(features, features.shape[1:])
+        if self._updated_for is None or self._updated_for() is not features:
+            with torch.no_grad():
+                self._update(n.detach(), targets, domains.to(n.device))
+            self._updated_for = weakref.ref(features)
+        proto_logits = self.scale * F.linear(F.normalize(n, dim=1), F.normalize(self.prototypes, dim=1))
+        return F.cross_entropy(logits, targets, reduction="none") + self.weight * F.cross_entropy(proto_logits, targets, reduction="none")

@@ -113,8 +113,32 @@ def posthoc_adjust(logits: np.ndarray, class_counts: np.ndarray, tau: float) -> 
     return logits - tau * np.log(counts / counts.sum())
 
 
-def evaluate(logits: np.ndarray, labels: np.ndarray, class_counts: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
-    """All summary metrics of a test set as plain JSON-ready values (the run's ``eval.json``)."""
+def domain_accuracy(pred: np.ndarray, labels: np.ndarray, domains: np.ndarray, domain_names: list[str], num_classes: int) -> dict[str, Any]:
+    """Accuracy per (domain, class) cell and per domain (mean over the domain's classes, as TALLY reports it).
+
+    ``worst_domain_accuracy`` is the lowest domain; a cell with no test samples is NaN (null in JSON).
+    """
+    cells = np.array([per_class_accuracy(pred[domains == d], labels[domains == d], num_classes) for d in range(len(domain_names))])
+    per_domain = np.nanmean(cells, axis=1)
+    return {
+        "per_domain_accuracy": {name: float(v) for name, v in zip(domain_names, per_domain)},
+        "worst_domain_accuracy": float(np.min(per_domain)),
+        "domain_class_accuracy": [[None if np.isnan(v) else float(v) for v in row] for row in cells],
+    }
+
+
+def evaluate(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    class_counts: np.ndarray,
+    n_bins: int = 15,
+    domains: np.ndarray | None = None,
+    domain_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """All summary metrics of a test set as plain JSON-ready values (the run's ``eval.json``).
+
+    With per-sample ``domains`` (and their ``domain_names``) the per-domain accuracies are added.
+    """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = logits.shape[1]
@@ -123,6 +147,11 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, class_counts: np.ndarray, n
     pca = per_class_accuracy(pred, labels, num_classes)
     groups = group_accuracy(pca, np.asarray(class_counts))
     m = margins(logits, labels)
+    by_domain = {}
+    if domains is not None:
+        domains = np.asarray(domains)
+        names = list(domain_names or [str(d) for d in range(int(domains.max()) + 1)])
+        by_domain = domain_accuracy(pred, labels, domains, names, num_classes)
     return {
         "accuracy": float(np.mean(pred == labels)),
         "balanced_accuracy": float(np.nanmean(pca)),
@@ -139,4 +168,5 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, class_counts: np.ndarray, n
         "brier": brier(probs, labels),
         "mean_margin": float(np.mean(m)),
         "per_class_margin": [float(v) for v in per_class_mean(m, labels, num_classes)],
+        **by_domain,
     }

@@ -110,6 +110,24 @@ def sampler_rates(run: Run) -> go.Figure:
     return _layout(fig, "Learned class sampling rates", xaxis=dict(title="epoch"), yaxis=dict(title="sampling probability", range=[0, 1]))
 
 
+def learned_per_class(run: Run, key: str = "autobalance") -> go.Figure:
+    """Per-class values a method learns during training (logged per epoch under ``key``, e.g. AutoBalance's σ(Δ), ι, ω)."""
+    logged = [h for h in run.history if isinstance(h.get(key), dict)]
+    if not logged:
+        keys = sorted({k for h in run.history for k, v in h.items() if isinstance(v, dict)})
+        raise ValueError(f"run {run.id} logged no per-class values under {key!r}; logged: {', '.join(keys) or 'none'}")
+    fields = list(logged[0][key])
+    names, epochs = _names(run), [h["epoch"] for h in logged]
+    fig = make_subplots(rows=1, cols=len(fields), subplot_titles=fields)
+    for col, name in enumerate(fields, start=1):
+        values = np.asarray([h[key][name] for h in logged])
+        for c in range(values.shape[1]):
+            trace = go.Scatter(x=epochs, y=values[:, c], name=names[c], legendgroup=names[c], showlegend=col == 1, mode="lines")
+            fig.add_trace(trace, row=1, col=col)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, f"Learned per-class parameters ({key})")
+
+
 def confusion(run: Run, normalize: bool = True) -> go.Figure:
     """Confusion matrix (rows: true class, ordered head → tail), row-normalised."""
     logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
@@ -132,6 +150,29 @@ def confusion(run: Run, normalize: bool = True) -> go.Figure:
     return _layout(
         fig, "Confusion matrix (rows: true class)", xaxis=dict(title="predicted"), yaxis=dict(title="true", autorange="reversed")
     )
+
+
+def domain_class_accuracy(run: Run) -> go.Figure:
+    """Test accuracy per (domain, class) of a multi-domain run, each cell labelled with its training count."""
+    if not (run.eval and "domain_class_accuracy" in run.eval):
+        raise ValueError(f"run {run.id!r} has no per-domain results; train on a dataset with domains, e.g. digits-domains")
+    acc = np.array(run.eval["domain_class_accuracy"], dtype=float)
+    counts = np.asarray(run.meta["domain_class_counts"])
+    domains = list(run.eval["per_domain_accuracy"])
+    fig = go.Figure(
+        go.Heatmap(
+            z=acc,
+            x=_names(run),
+            y=domains,
+            text=counts,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            hovertemplate="domain %{y}, class %{x}<br>accuracy %{z:.2f}<br>%{text} training images<extra></extra>",
+        )
+    )
+    return _layout(fig, "Accuracy per (domain, class); numbers: training images", xaxis=dict(title="class", type="category"))
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, title: str | None = None) -> go.Figure:

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -204,11 +204,13 @@ def _choose_engine(cfg: Config, loss_fn: losses.Loss, device: torch.device) -> t
 
 
 def check_needs(cfg: Config, data: Dataset) -> None:
-    """Raise ``ValueError`` when a chosen method needs images and the dataset has feature vectors."""
+    """Raise ``ValueError`` when a chosen method needs images or domains that the dataset lacks."""
     chosen = [(samplers.SAMPLERS, cfg.sampler), (mixing.MIXING, cfg.mixing), (losses.LOSSES, cfg.loss)]
     for registry, name in chosen:
         if "images" in registry.get(name).needs and not data.is_image:
             raise ValueError(f"{registry.kind} {name!r} needs images; dataset {cfg.dataset!r} has feature vectors")
+        if "domains" in registry.get(name).needs and data.domains_train is None:
+            raise ValueError(f"{name} needs a dataset with domains, e.g. digits-domains (dataset {cfg.dataset!r} has none)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -223,6 +225,19 @@ def auto_model(input_shape: tuple[int, ...]) -> str:
     if len(input_shape) == 1 or input_shape[-1] < 16:
         return "mlp"
     return "cnn" if input_shape[-1] < 32 else "resnet32"
+
+
+def with_validation_split(cfg: Config) -> tuple[Config, str]:
+    """The config with the validation split its loss needs, and a note saying so.
+
+    A loss that learns on held-out data (AutoBalance) declares ``default_val_fraction``; when
+    ``cfg.val_fraction`` is 0 that much of the long-tailed training set is held out instead.
+    """
+    default = getattr(losses.LOSSES.get(cfg.loss).obj, "default_val_fraction", 0.0)
+    if cfg.val_fraction > 0 or not default:
+        return cfg, ""
+    note = f"loss {cfg.loss!r} learns on a validation split: val_fraction={default} of the long-tailed training set held out"
+    return replace(cfg, val_fraction=default), note
 
 
 def prepare_data(cfg: Config, dataset: Dataset | None = None) -> Dataset:
@@ -290,21 +305,33 @@ def batch_loss(
     lam: torch.Tensor,
     use_bf16: bool,
     weight: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    domains: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward a batch and return its loss; for a mixed batch lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample.
 
-    ``weight`` (mixed batches only) multiplies each sample's term before the mean: methods that add
-    samples with their own loss weight (Open-sampling's noise images) set it.
+    ``weight`` multiplies each sample's term before the mean: methods that add samples with their
+    own loss weight (Open-sampling's noise images) set it. ``reduce`` (the optimiser's, if it has
+    one, e.g. ABSGD's attention weights) turns the per-sample values into the batch objective
+    instead of the mean. A loss that asks gets the penultimate ``features=`` and the batch's
+    ``domains=`` as well.
     """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
         logits = model.head(feats)
-    extra = {"features": feats.float()} if loss_fn.needs_features else {}
+    extra: dict[str, Any] = {"features": feats.float()} if loss_fn.needs_features else {}
+    if loss_fn.needs_domains:
+        extra["domains"] = domains
     if y_b is None:
-        return loss_fn(logits, y, **extra)
-    per_sample = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
-    return (per_sample if weight is None else weight * per_sample).mean()
+        if weight is None and reduce is None:
+            return loss_fn(logits, y, **extra)
+        values = loss_fn(logits, y, reduction="none", **extra)
+    else:
+        values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    if weight is not None:
+        values = weight * values
+    return values.mean() if reduce is None else reduce(values)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -329,6 +356,7 @@ def train(
 ) -> Result:
     """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``)."""
     cfg.validate()
+    cfg, val_note = with_validation_split(cfg)
     callbacks = list(callbacks)
 
     def emit(event: Event) -> None:
@@ -344,6 +372,7 @@ def train(
     counts = data.class_counts()
     inputs = Inputs(data, device)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    d_train = None if data.domains_train is None else data.domains_train.to(device)
 
     # Weights are initialised from the global RNG: the lock keeps runs trained side by side (ltlib.sweep,
     # two app sessions) from drawing from each other's seed.
@@ -362,7 +391,12 @@ def train(
             inputs.channels_last = True
         if cfg.compile:
             model.backbone.compile()
-    optimizer = optim.build(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
+    # A loss may own layers sized by the backbone (ResCom's projection head); they train with the model.
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(model)
+        loss_fn.to(device)
+    trainable = [*model.parameters(), *loss_fn.parameters()]
+    optimizer = optim.build(cfg.optimizer, trainable, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, **cfg.optimizer_params)
     schedule = schedules.build(cfg.schedule, cfg.epochs, **cfg.schedule_params)
     mixer = mixing.build(cfg.mixing, counts, **cfg.mixing_params)
     check_needs(cfg, data)
@@ -372,6 +406,7 @@ def train(
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
     hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    reduce = getattr(optimizer, "reduce", None)
 
     def draw_batch(class_probs: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = samplers.draw_indices(y_train, class_probs, n, generator)
@@ -387,7 +422,13 @@ def train(
             model, loss_fn, inputs, x_train, y_train, cfg.batch_size, generator, cfg, use_bf16, capture=device.type == "cuda"
         )
     history: list[dict[str, Any]] = []
+    domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
+    if val_note:
+        info["val_note"] = val_note
+    if data.domain_names:
+        info["domain_names"] = data.domain_names
+        info["domain_class_counts"] = data.domain_class_counts().tolist()
     # Graph capture (and compilation, if asked for) happens once, before the first epoch.
     info["setup_seconds"] = time.time() - setup_started
     emit(Event("start", 0, cfg.epochs, 0, steps, info))
@@ -402,8 +443,9 @@ def train(
         for hook in hooks:
             hook.on_epoch_start(epoch, state)
 
-        order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, shuffle_epoch=state.sampler == "instance")
-        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn)
+        within = samplers.within_class_weights(state.sampler, y_train, d_train)
+        order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, state.sampler == "instance", within)
+        ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn, data.num_domains)
         loss_sum = fast_epoch.loss_sum if fast_epoch is not None else torch.zeros((), device=device)
         loss_sum.zero_()
         if fast_epoch is not None:  # the whole epoch in one replay (ltlib.fast); same steps as below
@@ -413,11 +455,14 @@ def train(
             _check_cancel(cancel)
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = inputs(x_train[idx], generator), y_train[idx]
+            ctx.domains = None if d_train is None else d_train[idx]
             x, y_a, y_b, lam = mixer(x, y, ctx)
 
             mixed_with = None if cfg.mixing == "none" else y_b
             weight = mixer.batch_weight  # per-sample loss weights of this batch, or None
-            loss = optimizer_step(optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight))
+            loss = optimizer_step(
+                optimizer, partial(batch_loss, model, loss_fn, x, y_a, mixed_with, lam, use_bf16, weight, reduce, ctx.domains)
+            )
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
@@ -432,15 +477,17 @@ def train(
             raise TrainingDiverged(message)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             logits_np, _ = evaluation_logits(model, inputs, data.x_test, cfg, counts)
-            summary = evaluate(logits_np, data.y_test.numpy(), counts)
+            summary = evaluate(logits_np, data.y_test.numpy(), counts, **domain_args)
             record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
+            if "per_domain_accuracy" in summary:
+                record["per_domain_accuracy"] = summary["per_domain_accuracy"]
             record["per_class_accuracy"] = summary["per_class_accuracy"]
             emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
         history.append(record)
         emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
 
     logits_np, feats_np = evaluation_logits(model, inputs, data.x_test, cfg, counts)
-    final = evaluate(logits_np, data.y_test.numpy(), counts)
+    final = evaluate(logits_np, data.y_test.numpy(), counts, **domain_args)
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
     arrays = {
         "test_logits": logits_np,
@@ -451,6 +498,8 @@ def train(
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
+    if data.domains_test is not None:  # per-domain metrics can be recomputed from a saved run
+        arrays["test_domains"] = data.domains_test.numpy().astype(np.int64)
     if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
         val_logits, _ = evaluation_logits(model, inputs, data.x_val, cfg, counts)
         arrays.update(val_logits=val_logits, val_labels=data.y_val.numpy().astype(np.int64))

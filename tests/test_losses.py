@@ -45,7 +45,15 @@ def _ldam_margins(max_m=0.5):
 
 
 def _extra(loss, features):
-    return {"features": features} if loss.needs_features else {}
+    extra = {"features": features} if loss.needs_features else {}
+    if loss.needs_domains:  # multi-domain losses (tally_proto): every sample in domain 0
+        extra["domains"] = torch.zeros(len(features), dtype=torch.long)
+    return extra
+
+
+def _preset_for(name):
+    """digits-quick, or its multi-domain version for losses that need domains."""
+    return "digits-domains-quick" if "domains" in losses.LOSSES.get(name).needs else "digits-quick"
 
 
 # ---------------------------------------------------------------- every loss, generically
@@ -76,7 +84,7 @@ def test_every_loss_has_a_paper_and_a_summary(name):
 
 @pytest.mark.parametrize("name", losses.available())
 def test_every_loss_trains_two_epochs(name):
-    result = train(preset("digits-quick", loss=name, epochs=2, eval_every=1), save=False)
+    result = train(preset(_preset_for(name), loss=name, epochs=2, eval_every=1), save=False)
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert 0.0 <= result.eval["balanced_accuracy"] <= 1.0
 
@@ -85,7 +93,7 @@ def test_every_loss_trains_two_epochs(name):
 def test_graph_engine_refuses_losses_with_hooks_or_features(name):
     loss = losses.build(name, COUNTS)
     reason = unsupported_reason(preset("digits-quick", loss=name), loss)
-    assert (reason is not None) == (loss.needs_features or hasattr(loss, "on_epoch_start"))
+    assert (reason is not None) == (loss.needs_features or loss.needs_domains or hasattr(loss, "on_epoch_start"))
 
 
 # ---------------------------------------------------------------- hand-computed cases
@@ -203,7 +211,7 @@ def test_prototypes_spread_out_when_the_simplex_does_not_fit():
     start = torch.nn.functional.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(0)), dim=1)
     start_cos = (start @ start.T).fill_diagonal_(-2)
     assert cos.fill_diagonal_(-2).max() < 0.2 < start_cos.max()
-    torch.testing.assert_close(p, losses.simplex_prototypes(10, 4))  # deterministic
+    torch.testing.assert_close(losses.simplex_prototypes(10, 4, steps=20), losses.simplex_prototypes(10, 4, steps=20))  # deterministic
 
 
 def test_coupling_regulation_hand_case_and_phased_schedule():

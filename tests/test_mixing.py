@@ -11,10 +11,19 @@ from ltlib.train import train
 
 COUNTS = np.array([300, 100, 30, 10])
 # Parameters that switch on the methods that wait for an epoch, so every test exercises them.
-ACTIVE = {"cmo": {"start_epoch": -1, "end_epochs": 0, "prob": 1.0}, "pure_noise": {"start_epoch": 0}, "gae": {"start_epoch": 0}}
+ACTIVE = {
+    "cmo": {"start_epoch": -1, "end_epochs": 0, "prob": 1.0},
+    "pure_noise": {"start_epoch": 0},
+    "gae": {"start_epoch": 0},
+    "tally_mix": {"warmup": 0.0},
+}
 
 
-def make_ctx(draws=None, value=5.0, model=None, loss=None, epoch=0, epochs=10):
+def needs_domains(name):
+    return "domains" in mixing.MIXING.get(name).needs
+
+
+def make_ctx(draws=None, value=5.0, model=None, loss=None, epoch=0, epochs=10, domains=None):
     """A context whose draw_batch returns constant images of ``value`` and records the probabilities."""
 
     def draw_batch(probs, n):
@@ -24,7 +33,7 @@ def make_ctx(draws=None, value=5.0, model=None, loss=None, epoch=0, epochs=10):
         return torch.full((n, 1, 8, 8), value), y
 
     gen = torch.Generator().manual_seed(0)
-    return mixing.MixContext(COUNTS, gen, epoch, epochs, draw_batch, model, loss)
+    return mixing.MixContext(COUNTS, gen, epoch, epochs, draw_batch, model, loss, domains=domains)
 
 
 def batch(n=16):
@@ -40,8 +49,9 @@ def tiny_model():
 def test_label_mass_shapes_and_dtypes(name):
     mixer = mixing.build(name, COUNTS, **ACTIVE.get(name, {}))
     x, y = batch()
+    domains = torch.arange(len(y)) % 2 if needs_domains(name) else None
     for _ in range(5):
-        out, y_a, y_b, lam = mixer(x, y, make_ctx(model=tiny_model(), loss=build_loss("ce", COUNTS)))
+        out, y_a, y_b, lam = mixer(x, y, make_ctx(model=tiny_model(), loss=build_loss("ce", COUNTS), domains=domains))
         n = len(out)
         assert out.shape[1:] == x.shape[1:] and out.dtype == x.dtype and n >= len(y)
         assert y_a.dtype == y_b.dtype == torch.long and len(y_a) == len(y_b) == len(lam) == n
@@ -184,7 +194,8 @@ def test_set_noise_mask_reaches_every_dar_bn_layer():
 
 @pytest.mark.parametrize("name", mixing.available())
 def test_every_mixing_method_trains_in_the_loop(name):
-    result = train(preset("digits-quick", epochs=2, mixing=name, mixing_params=ACTIVE.get(name, {})), save=False)
+    base = "digits-domains-quick" if needs_domains(name) else "digits-quick"
+    result = train(preset(base, epochs=2, mixing=name, mixing_params=ACTIVE.get(name, {})), save=False)
     assert np.isfinite(result.history[-1]["loss"]) and result.eval["balanced_accuracy"] > 0
 
 
