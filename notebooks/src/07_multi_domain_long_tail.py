@@ -21,11 +21,12 @@ Source of notebooks/07_multi_domain_long_tail.ipynb — edit here, then run `pyt
 # %% [markdown]
 # ## Parameters
 # `digits-domains-quick`: the 8×8 digits rendered in three colour-tint domains, each long-tailed
-# (imbalance 10) over its *own* class order; an MLP, 30 epochs. On a GPU, try
-# `dataset="fashion-mnist-domains"` with a CNN.
+# (imbalance 10) over its *own* class order; an MLP, 30 epochs. On a GPU, switch `OVERRIDES` to the
+# Fashion-MNIST version with a CNN.
 
 # %%
 PRESET = "digits-domains-quick"
+OVERRIDES = {}  # a GPU user: {"dataset": "fashion-mnist-domains", "model": "cnn", "batch_size": 128}
 SEED = 0
 FIGURES = "figures"
 
@@ -41,7 +42,7 @@ from ltlib.runs import load_run
 from ltlib.train import train
 
 FIGURES = Path(FIGURES)
-cfg = preset(PRESET, seed=SEED)
+cfg = preset(PRESET, seed=SEED, **OVERRIDES)
 data = make_long_tailed(load_dataset(cfg.dataset, **cfg.dataset_params), cfg.imbalance, cfg.profile, cfg.seed)
 print(f"{data.name}: domains {data.domain_names}, {len(data.y_train)} training images")
 
@@ -68,7 +69,7 @@ METHODS = {
     "tally_mix": {"mixing": "tally_mix"},
     "TALLY (sampler + mix)": {"sampler": "selective_balanced", "mixing": "tally_mix"},
 }
-runs = {name: load_run(train(preset(PRESET, seed=SEED, **overrides)).run_id) for name, overrides in METHODS.items()}
+runs = {name: load_run(train(preset(PRESET, seed=SEED, **OVERRIDES, **overrides)).run_id) for name, overrides in METHODS.items()}
 results = {
     name: {"balanced_accuracy": r.eval["balanced_accuracy"], "worst_domain": r.eval["worst_domain_accuracy"], **r.eval["per_domain_accuracy"]}
     for name, r in runs.items()
