@@ -208,7 +208,7 @@ class BilateralMixup(Mixing):
         return lam * x + (1 - lam) * x_r, y, y_r, lam.expand(len(y))
 
 
-@MIXING.register("cmo", paper="Park, Hong, Lee, Yun & Lee, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
+@MIXING.register("cmo", paper="Park, Hong, Heo, Yun & Choi, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
 class CMO(Mixing):
     """Context-rich minority oversampling: paste a box of a minority-sampled image onto each batch image.
 
@@ -336,7 +336,8 @@ class GuidedAdversarial(Mixing):
     For each image of a majority class (n_c above the median count) a target t is drawn from the
     minority classes (n_c below the median) ∝ 1/n_t; ``steps`` steps x ← x − (ε/steps)·sign ∇x ℓ(f(x), t)
     (targeted FGSM/I-FGSM, L∞ radius ε in normalised units) are taken with the current model and loss,
-    and the perturbed images are trained with their original labels. Only the abstract of the paper was
+    and the perturbed images are trained with their original labels (the probing passes run in training
+    mode, so batch-norm statistics see them, as in common adversarial-training code). Only the abstract of the paper was
     available here: ε = 0.1, 3 steps and the start at ``start_epoch`` (default half of training, so the
     model's boundary exists to be probed) are small choices of this library, not the paper's values.
     """
