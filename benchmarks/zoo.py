@@ -5,6 +5,7 @@
     python benchmarks/zoo.py --family mixing --preset fashion-mnist-lt --epochs 5
     python benchmarks/zoo.py --family loss --only ce ldam --set schedule=drw   # any Config field
     python benchmarks/zoo.py --family mixing --only cmo --param start_epoch=0 --param end_epochs=0
+    python benchmarks/zoo.py --family norm --set model=cnn   # norm layers need a model that has them
 
 Each row trains the preset with one registry entry swapped in (everything else as the preset), on
 CPU, and reports balanced / many / medium / few accuracy and ECE, mean ± std over seeds. The
@@ -22,7 +23,7 @@ import numpy as np
 
 from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.cli import _key_value
-from ltlib.models import MODELS
+from ltlib.models import MODELS, NORMS
 from ltlib.presets import preset
 from ltlib.train import train
 
@@ -33,6 +34,7 @@ FAMILIES = {
     "schedule": ("schedule", schedules.SCHEDULES),
     "optimizer": ("optimizer", optim.OPTIMIZERS),
     "model": ("model", MODELS),
+    "norm": ("norm", NORMS),
 }
 METRICS = ("balanced_accuracy", "many", "medium", "few", "ece")
 

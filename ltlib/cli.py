@@ -178,11 +178,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from ltlib import losses, mixing, samplers, schedules
     from ltlib.data import DATASETS
-    from ltlib.models import MODELS
+    from ltlib.models import MODELS, NORMS
 
     for title, reg in [
         ("datasets", DATASETS),
         ("models", MODELS),
+        ("norms", NORMS),
         ("losses", losses.LOSSES),
         ("samplers", samplers.SAMPLERS),
         ("mixing", mixing.MIXING),

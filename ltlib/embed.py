@@ -40,6 +40,12 @@ def project(features: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndar
     raise ValueError(f"unknown projection {method!r}; choose one of: {', '.join(METHODS)}")
 
 
+def warm_up(method: str = "umap") -> None:
+    """Compile a projection's numba kernels on a tiny random set (UMAP: ~30 s of JIT once per process),
+    so the first real projection of a run costs only its own computation."""
+    project(np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32), method)
+
+
 def run_embedding(run: Run, method: str = "pca") -> tuple[np.ndarray, np.ndarray]:
     """Projected features of a run's saved test subset and their labels, computed once and cached."""
     if method not in METHODS:
@@ -53,3 +59,33 @@ def run_embedding(run: Run, method: str = "pca") -> tuple[np.ndarray, np.ndarray
     np.save(tmp, coords)
     os.replace(tmp, cache)
     return coords, labels
+
+
+def decision_grid(run: Run, size: int = 150, margin: float = 0.5) -> dict[str, np.ndarray]:
+    """Predicted class over a ``size``×``size`` grid covering a 2-D feature dataset (toy2d), from the saved model.
+
+    The model, its input normalisation and the long-tailed data are rebuilt from the run's config
+    (all deterministic in the seed); the run's post-hoc adjustments apply as in its evaluation.
+    """
+    import torch
+
+    from ltlib import losses
+    from ltlib.models import build_model
+    from ltlib.train import Config, Inputs, evaluation_logits, prepare_data
+
+    cfg = Config.from_dict(run.config)
+    data = prepare_data(cfg)
+    if data.input_shape != (2,):
+        raise ValueError(f"decision regions need 2-D feature data like toy2d; {cfg.dataset} has input shape {data.input_shape}")
+    counts = data.class_counts()
+    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params)
+    model = build_model(
+        run.meta["model"], data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params
+    )
+    model.load_state_dict(run.state_dict())
+    x_test = data.x_test.numpy()
+    lo, hi = x_test.min(axis=0) - margin, x_test.max(axis=0) + margin
+    xs, ys = np.linspace(lo[0], hi[0], size), np.linspace(lo[1], hi[1], size)
+    grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32))
+    logits, _ = evaluation_logits(model, Inputs(data, torch.device("cpu")), grid, cfg, counts)
+    return {"xs": xs, "ys": ys, "pred": logits.argmax(1).reshape(size, size), "x_test": x_test, "y_test": data.y_test.numpy()}

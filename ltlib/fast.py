@@ -35,6 +35,15 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
     if any(True for _ in loss_fn.parameters()):
         return f"loss {cfg.loss!r} has trainable layers; the graph step updates only the model's parameters"
+    from ltlib.models import NORMS
+    from ltlib.schedules import SCHEDULES
+
+    why = getattr(NORMS.get(cfg.norm).obj, "not_graph_capturable", None)
+    if why:
+        return f"norm {cfg.norm!r} {why}"
+
+    if getattr(SCHEDULES.get(cfg.schedule).obj, "changes_model", False):
+        return f"schedule {cfg.schedule!r} changes the trained parameters mid-run; the graph is captured once"
     return None
 
 

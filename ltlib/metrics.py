@@ -28,6 +28,12 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
         return np.where(total > 0, hit / np.maximum(total, 1), np.nan)
 
 
+def expert_per_class_accuracy(expert_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class accuracy of each expert, shape (K, C), from a run's ``test_expert_logits`` (K, N, C)."""
+    expert_logits = np.asarray(expert_logits)
+    return np.stack([per_class_accuracy(z.argmax(axis=1), np.asarray(labels), z.shape[1]) for z in expert_logits])
+
+
 def group_accuracy(per_class: np.ndarray, class_counts: np.ndarray) -> dict[str, Any]:
     """Mean per-class accuracy over the many/medium/few groups of :func:`ltlib.data.class_groups`."""
     groups, rule = class_groups(class_counts)

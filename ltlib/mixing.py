@@ -21,7 +21,7 @@ import torch
 
 from ltlib import samplers
 from ltlib.losses import momentum_update
-from ltlib.models import set_noise_mask
+from ltlib.models import cumulative_alpha, set_noise_mask
 from ltlib.registry import Registry, check_range
 from ltlib.samplers import TALLY
 
@@ -456,3 +456,22 @@ class TallyMix(Mixing):
         mu_mix = lam[1] * mu[donor] + (1 - lam[1]) * p["mu"][d]
         sigma_mix = lam[1] * sigma[donor] + (1 - lam[1]) * p["sigma"][d]
         return sigma_mix * n_mix + mu_mix, y, y, ones
+
+
+@MIXING.register(
+    "bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020", needs=("bbn model",)
+)
+class BilateralSampling(Mixing):
+    """BBN's input pairing: the batch feeds the conventional branch, a reversed-sampler batch the re-balancing branch.
+
+    The reversed batch is drawn with the ``reverse`` sampler, p_c ∝ 1/n_c (the official w_c = n_max/n_c,
+    normalised); the pair goes to ``--model bbn`` as one (B, 2, …) tensor and the loss is
+    α·ℓ(z, y_c) + (1 − α)·ℓ(z, y_r) with the cumulative-learning α = 1 − (t/T)² of the epoch.
+    """
+
+    def __call__(self, x, y, ctx):
+        if not getattr(ctx.model, "bilateral", False):
+            raise ValueError("mixing 'bbn' feeds the two branches of a BBN model; use it with --model bbn")
+        x_r, y_r = draw_from(ctx, "reverse", len(y))
+        lam = torch.full((len(y),), cumulative_alpha(ctx.epoch, ctx.epochs), device=x.device)
+        return torch.stack([x, x_r], dim=1), y, y_r, lam

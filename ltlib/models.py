@@ -7,16 +7,21 @@ cosine-normalised), so ``model(x) == model.head(model.features(x))``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.registry import Registry
+from ltlib.registry import Registry, check_range
 
 MODELS = Registry("model", fixed=("input_shape", "num_classes", "head", "norm"))
 HEADS = Registry("head", fixed=("in_features", "num_classes"))
 NORMS = Registry("norm layer", fixed=("channels",))
+# What a model's ``norm`` argument may be: a NORMS name, or a factory channels -> layer.
+Norm = str | Callable[[int], nn.Module]
 
 
 @HEADS.register("linear", paper="the usual fully-connected classifier")
@@ -38,18 +43,146 @@ class CosineHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, scale: float = 1.0) -> None:
         super().__init__()
         # Same initialisation as the official NormedLinear: uniform, then unit-norm columns.
-        w = torch.empty(num_classes, in_features).uniform_(-1, 1)
-        self.weight = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.scale = scale
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
+
+
+@HEADS.register("experts", paper="Sanchez Aimar, Jonnarth, Felsberg & Kuhlmann, Balanced Product of Calibrated Experts, CVPR 2023")
+class ExpertsHead(nn.Module):
+    """K expert classifiers on shared features; in training the stacked expert logits, at test their mean.
+
+    Training mode returns shape (B, K, C) so a loss can treat each expert separately (BalPoE asks for
+    this head); eval mode returns the product of experts' logits, the mean over experts, (B, C).
+    Each expert is a cosine classifier with scale s (``normed``, as the official CIFAR configs) or linear.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_experts: int = 3, normed: bool = True, scale: float = 30.0) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts={num_experts} is out of range; allowed: >= 1")
+        self.experts = nn.ModuleList(
+            CosineHead(in_features, num_classes, scale) if normed else LinearHead(in_features, num_classes) for _ in range(num_experts)
+        )
+
+    def expert_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits of every expert, shape (B, K, C)."""
+        return torch.stack([e(f) for e in self.experts], dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.expert_logits(f)
+        return z if self.training else z.mean(dim=1)
+
+    def test_arrays(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Arrays saved with a run: each expert's test logits, (K, N, C)."""
+        return {"test_expert_logits": self.expert_logits(f).transpose(0, 1)}
 
 
 @NORMS.register("batchnorm", paper="Ioffe & Szegedy, ICML 2015")
 def batchnorm(channels: int) -> nn.Module:
     """Standard batch normalisation."""
     return nn.BatchNorm2d(channels)
+
+
+@NORMS.register(
+    "compound_bn", paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022"
+)
+class CompoundBatchNorm(nn.Module):
+    """Compound batch norm: a K-component Gaussian mixture of feature statistics, fitted by moving-average EM.
+
+    Each feature vector x (a pixel's C channels, or a sample's features) gets responsibilities
+    r_k ∝ π_k·N(x; μ_k, diag σ²_k) under the running mixture (E-step), and is normalised as
+    x̂ = Σ_k r_k·(x − μ_k)/√(σ²_k + ε), then scaled and shifted per channel (γ, β) as in batch norm.
+    In training, μ_k and σ²_k are the batch's responsibility-weighted statistics (the M-step, with
+    gradients, as batch norm uses batch statistics), and the running mixture moves towards them:
+    θ ← (1 − m)·θ + m·θ_batch for means, variances and weights π (m = 0.1, batch norm's momentum).
+    At test the running mixture is used. EM needs distinct starts: the components start at K mutually
+    far feature vectors of the first training batch (greedy farthest points), with the batch variance
+    and π_k = 1/K.
+    K = 1 is batch norm (biased batch variance). K defaults to 3: the paper's default could not be
+    checked here (no official code was found), so treat it as a tunable choice.
+    """
+
+    # The graph engine's warm-up steps are undone by restoring the state dict, which would reset the
+    # mixture's first-batch initialisation after the layer has marked itself initialised.
+    not_graph_capturable = "initialises its mixture from the first training batch, which the graph warm-up would undo"
+
+    def __init__(self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"components={components} is out of range; allowed: >= 1")
+        check_range("momentum", momentum, 0.0, 1.0, closed_high=True)
+        self.components, self.momentum, self.eps = components, momentum, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_means", torch.zeros(components, channels))
+        self.register_buffer("running_vars", torch.ones(components, channels))
+        self.register_buffer("running_priors", torch.full((components,), 1.0 / components))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """E-step: (N, K) posterior of each component for rows of x (N, C), under the running mixture."""
+        var = self.running_vars + self.eps
+        sq = ((x[:, None, :] - self.running_means[None]) ** 2 / var[None]).sum(-1)
+        log_p = self.running_priors.clamp_min(1e-12).log()[None] - 0.5 * (sq + var.log().sum(-1)[None])
+        return torch.softmax(log_p, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Mixture statistics (E[x²] − E[x]², softmax over log-densities) need fp32, as batch norm keeps
+        # under autocast; the matrix products below would otherwise run in bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.movedim(1, -1).reshape(-1, shape[1]).float()  # (N, C): one feature vector per pixel/sample
+        if self.training:
+            if not self._ready:  # one host check per layer, then a Python flag
+                if not bool(self.initialized):
+                    self._initialize(rows.detach())
+                self._ready = True
+            r = self.responsibilities(rows.detach())
+            mass = r.sum(0).clamp_min(1e-6)  # (K,)
+            means = (r.T @ rows) / mass[:, None]
+            variances = (r.T @ rows.pow(2)) / mass[:, None] - means.pow(2)
+            variances = variances.clamp_min(0.0)
+            with torch.no_grad():
+                m = self.momentum
+                self.running_means.lerp_(means.detach(), m)
+                self.running_vars.lerp_(variances.detach(), m)
+                self.running_priors.lerp_(mass / mass.sum(), m)
+        else:
+            r = self.responsibilities(rows)
+            means, variances = self.running_means, self.running_vars
+        normalized = torch.einsum("nk,nkc->nc", r, (rows[:, None, :] - means[None]) / (variances[None] + self.eps).sqrt())
+        out = normalized * self.weight + self.bias
+        return out.reshape(*shape[:1], *shape[2:], shape[1]).movedim(-1, 1).to(x.dtype)
+
+    @torch.no_grad()
+    def _initialize(self, rows: torch.Tensor) -> None:
+        # Greedy farthest-point starts: the batch mean's farthest vector, then each next one farthest from those chosen.
+        chosen = [rows.mean(0)]
+        for _ in range(self.components):
+            dist = torch.cdist(rows, torch.stack(chosen)).min(dim=1).values
+            chosen.append(rows[dist.argmax()])
+        self.running_means.copy_(torch.stack(chosen[1:]) if self.components > 1 else rows.mean(0, keepdim=True))
+        self.running_vars.copy_(rows.var(0, unbiased=False).expand_as(self.running_vars))
+        self.running_priors.fill_(1.0 / self.components)
+        self.initialized.fill_(True)
+
+
+def make_norm(norm: Norm, channels: int) -> nn.Module:
+    """A norm layer for ``channels``: a NORMS name, or a factory (``build_model`` binds ``norm_params``)."""
+    return norm(channels) if callable(norm) else NORMS.build(norm, channels)
 
 
 class DarBatchNorm2d(nn.BatchNorm2d):
@@ -115,10 +248,31 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    backbone_eval: bool = False
+
+    def freeze_backbone(self, freeze_norm_stats: bool = True) -> None:
+        """Stop training the backbone: no gradients; with ``freeze_norm_stats`` its norm layers also keep
+        their running statistics (``train()`` then leaves the backbone in eval mode, so batch norm
+        normalises with, and never updates, its running mean and variance).
+
+        Two-stage methods (cRT, LWS, MARC) call this when stage 2 starts.
+        """
+        # No gradients reach frozen parameters (autograd records nothing for them unless the input
+        # itself needs a gradient, as adversarial augmentation does).
+        self.backbone.requires_grad_(False)
+        self.backbone_eval = freeze_norm_stats
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.backbone_eval:
+            self.backbone.eval()
+        return self
+
 
 @MODELS.register("mlp", paper="multi-layer perceptron")
 def mlp(
-    input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm", hidden: int = 128, depth: int = 2
+    input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", hidden: int = 128, depth: int = 2
 ) -> Classifier:
     """Multi-layer perceptron on flattened inputs (features, or small images such as digits)."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -130,16 +284,16 @@ def mlp(
 
 
 @MODELS.register("cnn", paper="a small two-block convolutional network")
-def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm", width: int = 32) -> Classifier:
+def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", width: int = 32) -> Classifier:
     """Small CNN: two conv–norm–ReLU–pool blocks, global average pooling."""
     c = input_shape[0]
     backbone = nn.Sequential(
         nn.Conv2d(c, width, 3, padding=1, bias=False),
-        NORMS.build(norm, width),
+        make_norm(norm, width),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-        NORMS.build(norm, 2 * width),
+        make_norm(norm, 2 * width),
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
@@ -150,12 +304,12 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", no
 class BasicBlock(nn.Module):
     """He et al. 2016 CIFAR block; shortcut option A (subsample + zero-pad channels), as in LDAM's code."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: Norm) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = NORMS.build(norm, cout)
+        self.bn1 = make_norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = NORMS.build(norm, cout)
+        self.bn2 = make_norm(norm, cout)
         self.stride, self.pad = stride, cout - cin
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,13 +326,13 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for 32×32 inputs: 3 stages of 16/32/64 channels, n blocks each (depth = 6n + 2)."""
 
-    def __init__(self, depth: int, in_channels: int, norm: str) -> None:
+    def __init__(self, depth: int, in_channels: int, norm: Norm) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"depth={depth} is not allowed; CIFAR ResNets have depth 6n+2 (8, 20, 32, 44, 56, 110)")
         n = (depth - 2) // 6
         self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn = NORMS.build(norm, 16)
+        self.bn = make_norm(norm, 16)
         blocks, cin = [], 16
         for stage, cout in enumerate((16, 32, 64)):
             for i in range(n):
@@ -195,7 +349,7 @@ class CifarResNet(nn.Module):
 
 
 def _resnet(depth: int):
-    def build(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: str = "batchnorm") -> Classifier:
+    def build(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm") -> Classifier:
         model = Classifier(CifarResNet(depth, input_shape[0], norm), 64, num_classes, head)
         if isinstance(model.head, nn.Linear):
             nn.init.kaiming_normal_(model.head.weight)
@@ -209,6 +363,104 @@ for _depth in (8, 20, 32):
     MODELS.register(f"resnet{_depth}", paper="He, Zhang, Ren & Sun, Deep Residual Learning, CVPR 2016")(_resnet(_depth))
 
 
+def auto_model(input_shape: tuple[int, ...]) -> str:
+    """The model ``"auto"`` picks: an MLP for features and images under 16 px, a small CNN under 32 px, else ResNet-32."""
+    if len(input_shape) == 1 or input_shape[-1] < 16:
+        return "mlp"
+    return "cnn" if input_shape[-1] < 32 else "resnet32"
+
+
+def cumulative_alpha(epoch: int, epochs: int) -> float:
+    """BBN's cumulative-learning weight of the conventional branch, α = 1 − (t/T)², t the 0-based epoch.
+
+    The official code writes 1 − ((epoch − 1)/T)² with 1-based epochs (and T = 100/200 for 90/180-epoch runs).
+    """
+    return 1.0 - (epoch / epochs) ** 2
+
+
+def _split_backbone(backbone: nn.Module, branch_layers: int) -> tuple[nn.Module, nn.Module]:
+    """Split a backbone into a shared trunk and its last ``branch_layers`` residual blocks (ResNets) or
+    weight layers (MLP/CNN, with what follows them), returned as (trunk, branch)."""
+    if isinstance(backbone, CifarResNet):
+        blocks = list(backbone.blocks)
+        if not 1 <= branch_layers < len(blocks):
+            raise ValueError(f"branch_layers={branch_layers} is out of range; allowed: [1, {len(blocks) - 1}] for this ResNet")
+        trunk = nn.Sequential(backbone.conv, backbone.bn, nn.ReLU(), *blocks[:-branch_layers])
+        return trunk, nn.Sequential(*blocks[-branch_layers:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if isinstance(backbone, nn.Sequential):
+        layers = list(backbone)
+        weighted = [i for i, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if not 1 <= branch_layers < len(weighted):
+            raise ValueError(f"branch_layers={branch_layers} is out of range; allowed: [1, {len(weighted) - 1}] for this model")
+        cut = weighted[-branch_layers]
+        return nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
+    raise ValueError(f"cannot split a {type(backbone).__name__} into BBN branches; use an mlp, cnn or resnet backbone")
+
+
+class BilateralBackbone(nn.Module):
+    """BBN's feature extractor: a shared trunk, then a conventional and a re-balancing branch.
+
+    Training input is a pair batch (B, 2, …) from the ``bbn`` mixing: item 0 goes through the
+    conventional branch, item 1 through the re-balancing branch, and the features are
+    2·[α·f_c, (1 − α)·f_r], so a linear head gives 2·(α·W_c f_c + (1 − α)·W_r f_r). At test both branches
+    see the same image with α = ½, i.e. W_c f_c + W_r f_r (the official code's factor 2 keeps the
+    training and test logit scales equal).
+    """
+
+    def __init__(self, trunk: nn.Module, conventional: nn.Module, rebalancing: nn.Module, input_ndim: int) -> None:
+        super().__init__()
+        self.trunk, self.conventional, self.rebalancing = trunk, conventional, rebalancing
+        self.input_ndim = input_ndim
+        self.alpha = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == self.input_ndim + 2:
+            f_c, f_r = self.conventional(self.trunk(x[:, 0])), self.rebalancing(self.trunk(x[:, 1]))
+            alpha = self.alpha
+        elif self.training:
+            raise ValueError("model 'bbn' trains on pairs of batches; use it with --mixing bbn")
+        else:
+            h = self.trunk(x)
+            f_c, f_r, alpha = self.conventional(h), self.rebalancing(h), 0.5
+        return 2 * torch.cat([alpha * f_c, (1 - alpha) * f_r], dim=1)
+
+
+class BBNClassifier(Classifier):
+    """A :class:`Classifier` whose bilateral backbone follows BBN's cumulative-learning α over epochs."""
+
+    bilateral = True
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        self.backbone.alpha = cumulative_alpha(epoch, state.cfg.epochs)
+        state.log["bbn_alpha"] = self.backbone.alpha
+
+
+@MODELS.register("bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020")
+def bbn(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    head: str = "linear",
+    norm: Norm = "batchnorm",
+    backbone: str = "auto",
+    branch_layers: int = 1,
+) -> Classifier:
+    """BBN: two branches sharing early layers, mixed by cumulative learning α = 1 − (t/T)²; train with ``--mixing bbn``.
+
+    ``backbone`` is any mlp/cnn/resnet model ("auto" as for ``--model auto``); each branch owns its last
+    ``branch_layers`` residual blocks (ResNets) or weight layers (MLP/CNN): 1 as in the paper ("all
+    weights shared except the last residual block"). The two branches are initialised independently.
+    The classifier sees the concatenated features (one linear layer on [f_c, f_r], as the official code).
+    """
+    name = auto_model(input_shape) if backbone == "auto" else backbone
+    if name == "bbn":
+        raise ValueError("backbone='bbn' is not allowed; choose an mlp, cnn or resnet backbone")
+    first, second = (MODELS.build(name, input_shape, num_classes, head="linear", norm=norm) for _ in range(2))
+    trunk, conventional = _split_backbone(first.backbone, branch_layers)
+    _, rebalancing = _split_backbone(second.backbone, branch_layers)
+    features = BilateralBackbone(trunk, conventional, rebalancing, len(input_shape))
+    return BBNClassifier(features, 2 * first.feature_dim, num_classes, head)
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],
@@ -216,11 +468,15 @@ def build_model(
     head: str = "linear",
     head_params: dict | None = None,
     norm: str = "batchnorm",
+    norm_params: dict | None = None,
     **params,
 ) -> Classifier:
-    """Build a registered model; ``head_params`` go to the head (e.g. the cosine head's scale)."""
+    """Build a registered model; ``head_params`` go to the head (e.g. the cosine head's scale),
+    ``norm_params`` to every norm layer (e.g. compound batch norm's number of components)."""
     HEADS.check_params(head, head_params or {})
-    model = MODELS.build(name, input_shape, num_classes, head=head, norm=norm, **params)
+    NORMS.check_params(norm, norm_params or {})
+    norm_arg = partial(NORMS.build, norm, **norm_params) if norm_params else norm
+    model = MODELS.build(name, input_shape, num_classes, head=head, norm=norm_arg, **params)
     if head_params:
         model.head = HEADS.build(head, model.feature_dim, num_classes, **head_params)
     return model

@@ -6,11 +6,14 @@ Every function returns a ``plotly.graph_objects.Figure``; :func:`save` writes PN
 
 from __future__ import annotations
 
+import io
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -20,6 +23,7 @@ from ltlib.runs import Run
 
 GROUP_COLOURS = {"many": "rgba(31,119,180,0.10)", "medium": "rgba(255,127,14,0.10)", "few": "rgba(214,39,40,0.10)"}
 FORMATS = ("png", "svg", "pdf")
+WEBGL_POINTS = 5000
 _kaleido_started = False
 
 
@@ -79,8 +83,15 @@ def per_class_accuracy(run: Run, title: str | None = None) -> go.Figure:
     )
     _group_bands(fig, counts, order)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.05], secondary_y=False)
-    fig.update_yaxes(title_text="train images", type="log", secondary_y=True)
-    return _layout(fig, title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}", xaxis=dict(title="class (head → tail)"))
+    # One tick per decade: plotly's default log ticks (1, 2, 5 …) crowd a small chart.
+    fig.update_yaxes(title_text="train images", type="log", dtick=1, showgrid=False, secondary_y=True)
+    return _layout(
+        fig,
+        title or f"Per-class accuracy — balanced {e['balanced_accuracy']:.3f}",
+        xaxis=dict(title="class (head → tail)"),
+        # Legend above the plot: beside it, it hides the count axis' labels in a narrow chart.
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
 
 
 def training_curves(
@@ -244,11 +255,44 @@ def weight_norms(run: Run) -> go.Figure:
 
 def embedding(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str = "Feature embedding") -> go.Figure:
     """2-D scatter of projected features, coloured by class."""
+    # SVG draws a few thousand points faster than WebGL starts up (and needs no GPU); WebGL beyond that.
+    scatter = go.Scattergl if len(coords) > WEBGL_POINTS else go.Scatter
     fig = go.Figure()
     for c, name in enumerate(names):
         sel = labels == c
-        fig.add_trace(go.Scattergl(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=name, marker=dict(size=5)))
+        fig.add_trace(scatter(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=name, marker=dict(size=5)))
     return _layout(fig, title, xaxis=dict(title="1"), yaxis=dict(title="2"))
+
+
+def decision_regions(grid: dict[str, np.ndarray], names: list[str], title: str = "Decision regions") -> go.Figure:
+    """Predicted class over the input plane (``embed.decision_grid``) with the test points on top."""
+    palette = [f"hsl({int(360 * c / len(names))},60%,{85}%)" for c in range(len(names))]
+    scale = [[v, palette[c]] for c in range(len(names)) for v in (c / len(names), (c + 1) / len(names))]
+    fig = go.Figure(
+        go.Heatmap(
+            x=grid["xs"],
+            y=grid["ys"],
+            z=grid["pred"],
+            zmin=-0.5,
+            zmax=len(names) - 0.5,
+            colorscale=scale,
+            showscale=False,
+            hoverinfo="skip",
+            name="region",
+        )
+    )
+    for c, name in enumerate(names):
+        sel = grid["y_test"] == c
+        fig.add_trace(
+            (go.Scattergl if len(grid["x_test"]) > WEBGL_POINTS else go.Scatter)(
+                x=grid["x_test"][sel, 0],
+                y=grid["x_test"][sel, 1],
+                mode="markers",
+                name=name,
+                marker=dict(size=4, color=f"hsl({int(360 * c / len(names))},70%,40%)"),
+            )
+        )
+    return _layout(fig, title, xaxis=dict(title="x₁"), yaxis=dict(title="x₂", scaleanchor="x"))
 
 
 def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Figure:
@@ -261,6 +305,27 @@ def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Fi
         fig.add_trace(go.Bar(x=[names[c] for c in order], y=acc[order], name=labels[i] if labels else r.id))
     _group_bands(fig, counts, order)
     return _layout(fig, "Per-class accuracy", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
+
+
+def expert_accuracy(run: Run) -> go.Figure:
+    """Per-class accuracy of each BalPoE expert beside their product (the run's prediction), head → tail."""
+    experts = run.arrays.get("test_expert_logits")
+    if experts is None:
+        raise ValueError(f"run {run.id} has no per-expert logits; train it with --loss balpoe")
+    from ltlib.losses import LOSSES
+
+    lambdas = (run.config.get("loss_params") or {}).get("lambdas", LOSSES.get("balpoe").defaults["lambdas"])
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    order, x = _order(counts), [names[c] for c in _order(counts)]
+    fig = go.Figure()
+    for k, acc in enumerate(metrics.expert_per_class_accuracy(experts, run.arrays["test_labels"])):
+        fig.add_trace(go.Bar(x=x, y=acc[order], name=f"expert {k + 1} (λ = {float(np.atleast_1d(lambdas)[k]):g})"))
+    product = np.asarray(run.eval["per_class_accuracy"])
+    fig.add_trace(go.Scatter(x=x, y=product[order], name="product of experts", mode="lines+markers", line=dict(color="black")))
+    _group_bands(fig, counts, order)
+    return _layout(
+        fig, "Per-class accuracy of each expert and of their product", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05])
+    )
 
 
 def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.Figure:
@@ -362,6 +427,112 @@ def per_domain_accuracy(evals: dict[str, dict[str, Any]]) -> go.Figure:
         per_domain = e["per_domain_accuracy"]
         fig.add_trace(go.Bar(x=list(per_domain), y=list(per_domain.values()), name=label))
     return _layout(fig, "Accuracy per domain", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]), xaxis=dict(title="domain"))
+
+
+def accuracy_vs_count(run: Run) -> go.Figure:
+    """Per-class accuracy against training count (log axis) with a least-squares trend in log count."""
+    counts, acc, names = np.asarray(run.eval["class_counts"]), np.asarray(run.eval["per_class_accuracy"]), _names(run)
+    fig = go.Figure(go.Scatter(x=counts, y=acc, mode="markers+text", text=names, textposition="top center", name="class"))
+    ok = (counts > 0) & np.isfinite(acc)
+    if ok.sum() >= 2 and np.ptp(np.log(counts[ok])) > 0:
+        slope, intercept = np.polyfit(np.log(counts[ok]), acc[ok], 1)
+        xs = np.geomspace(counts[ok].min(), counts[ok].max(), 20)
+        fig.add_trace(go.Scatter(x=xs, y=intercept + slope * np.log(xs), mode="lines", name=f"trend: {slope:+.3f} per e× images"))
+    return _layout(fig, "Head-to-tail trend", xaxis=dict(title="train images", type="log"), yaxis=dict(title="accuracy", range=[0, 1.05]))
+
+
+def group_accuracy(evals: list[dict[str, Any]], labels: list[str]) -> go.Figure:
+    """Many / medium / few / balanced accuracy of one or more runs as grouped bars."""
+    keys = ("many", "medium", "few", "balanced_accuracy")
+    fig = go.Figure([go.Bar(x=list(keys), y=[e[k] for k in keys], name=lab) for e, lab in zip(evals, labels)])
+    return _layout(fig, "Accuracy by group", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
+
+
+def confidence_gap(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray | list[int], names: list[str]) -> go.Figure:
+    """Per class (head → tail): mean top-label confidence minus accuracy; > 0 over-confident, < 0 under."""
+    counts = np.asarray(counts)
+    k = len(names)
+    conf = metrics.per_class_mean(probs.max(1), labels, k)
+    acc = metrics.per_class_mean((probs.argmax(1) == labels).astype(float), labels, k)
+    gap = conf - acc
+    order = _order(counts)
+    fig = go.Figure(go.Bar(x=[names[c] for c in order], y=gap[order], marker_color=np.where(gap[order] >= 0, "#e45756", "#4c78a8")))
+    _group_bands(fig, counts, order)
+    return _layout(fig, "Over-(+) / under-(−) confidence per class", yaxis=dict(title="confidence − accuracy"))
+
+
+def sample_images(x: np.ndarray, y: np.ndarray, names: list[str], per_class: int = 8, seed: int = 0) -> go.Figure:
+    """A grid of training images: one row per class (uint8 N×C×H×W), up to ``per_class`` each."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4:
+        raise ValueError(f"sample_images needs images N×C×H×W; got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    _, ch, h, w = x.shape
+    pad = 1
+    grid = np.full((len(names) * (h + pad), per_class * (w + pad), 3), 255, np.uint8)
+    for c in range(len(names)):
+        idx = np.flatnonzero(y == c)
+        for j, i in enumerate(rng.permutation(idx)[:per_class]):
+            img = x[i].transpose(1, 2, 0)
+            grid[c * (h + pad) : c * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = img if ch == 3 else np.repeat(img[..., :1], 3, 2)
+    fig = go.Figure(go.Image(z=grid, hoverinfo="skip"))
+    step = h + pad
+    fig.update_yaxes(tickvals=[c * step + h / 2 for c in range(len(names))], ticktext=names, showgrid=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False)
+    return _layout(fig, "Sample training images (one row per class)")
+
+
+def points_2d(x: np.ndarray, y: np.ndarray, names: list[str], title: str = "Training points") -> go.Figure:
+    """Scatter of 2-D feature data (toy2d), coloured by class."""
+    return embedding(np.asarray(x), np.asarray(y), names, title)
+
+
+def run_figures(run: Run) -> dict[str, go.Figure]:
+    """Every figure of a finished run, by file-friendly name (the app's "all figures" zip)."""
+    probs = metrics.softmax(run.arrays["test_logits"].astype(np.float64))
+    labels = run.arrays["test_labels"]
+    figs = {
+        "training_curves": training_curves(run.history),
+        "per_class_accuracy": per_class_accuracy(run),
+        "accuracy_vs_count": accuracy_vs_count(run),
+        "confusion": confusion(run),
+        "margins": margins(run),
+        "margin_vs_count": margin_vs_count(run),
+        "reliability": reliability(probs, labels),
+        "confidence_histogram": confidence_histogram(probs, labels),
+        "confidence_gap": confidence_gap(probs, labels, run.eval["class_counts"], _names(run)),
+    }
+    if "head_weight" in run.arrays:
+        figs["weight_norms"] = weight_norms(run)
+    return figs
+
+
+def figure_table(fig: go.Figure) -> pd.DataFrame:
+    """The data behind a figure as a long table (trace, x, y[, z]) — the CSV download."""
+    rows: list[dict[str, Any]] = []
+    for i, t in enumerate(fig.data):
+        name = t.name or f"trace {i}"
+        if t.type == "heatmap":
+            for r, yv in enumerate(t.y):
+                rows += [{"trace": name, "x": xv, "y": yv, "z": float(t.z[r][c])} for c, xv in enumerate(t.x)]
+        elif t.type == "image":
+            continue  # pixels are not tabular data
+        else:
+            xs = list(t.x) if t.x is not None else [None] * len(t.y if t.y is not None else [])
+            ys = list(t.y) if t.y is not None else [None] * len(xs)
+            rows += [{"trace": name, "x": xv, "y": yv} for xv, yv in zip(xs, ys)]
+    return pd.DataFrame(rows, columns=["trace", "x", "y", "z"] if any("z" in r for r in rows) else ["trace", "x", "y"])
+
+
+def figures_zip(figs: dict[str, go.Figure], formats: tuple[str, ...] = FORMATS) -> bytes:
+    """One zip with every figure in each format plus its data as CSV."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, fig in figs.items():
+            for fmt in formats:
+                z.writestr(f"{name}.{fmt}", to_bytes(fig, fmt))
+            z.writestr(f"{name}.csv", figure_table(fig).to_csv(index=False))
+    return buf.getvalue()
 
 
 def _start_kaleido() -> None:

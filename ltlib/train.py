@@ -26,7 +26,7 @@ from ltlib.calibration import Outputs, adjust
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
 from ltlib.fast import GraphEpoch, unsupported_reason
 from ltlib.metrics import evaluate
-from ltlib.models import MODELS, NORMS, build_model
+from ltlib.models import MODELS, NORMS, auto_model, build_model
 from ltlib.runs import new_run_id, save_run
 
 
@@ -46,6 +46,7 @@ class Config:
     model: str = "auto"
     model_params: dict[str, Any] = field(default_factory=dict)
     norm: str = "batchnorm"
+    norm_params: dict[str, Any] = field(default_factory=dict)
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"
@@ -106,7 +107,7 @@ class Config:
         mixing.MIXING.check_params(self.mixing, self.mixing_params)
         schedules.SCHEDULES.check_params(self.schedule, self.schedule_params)
         optim.OPTIMIZERS.check_params(self.optimizer, self.optimizer_params)
-        NORMS.get(self.norm)
+        NORMS.check_params(self.norm, self.norm_params)
         if self.model != "auto":
             MODELS.get(self.model)
         checks = [
@@ -219,12 +220,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} is not available on this machine; allowed: auto, cpu")
     return torch.device(name)
-
-
-def auto_model(input_shape: tuple[int, ...]) -> str:
-    if len(input_shape) == 1 or input_shape[-1] < 16:
-        return "mlp"
-    return "cnn" if input_shape[-1] < 32 else "resnet32"
 
 
 def with_validation_split(cfg: Config) -> tuple[Config, str]:
@@ -380,7 +375,9 @@ def train(
         torch.manual_seed(cfg.seed)
         loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params).to(device)
         model_name = auto_model(data.input_shape) if cfg.model == "auto" else cfg.model
-        model = build_model(model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params)
+        model = build_model(
+            model_name, data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, cfg.norm_params, **cfg.model_params
+        )
     model = model.to(device)
     if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
         raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
@@ -404,7 +401,7 @@ def train(
     learned_sampler = samplers.build_learner(cfg.sampler, counts, cfg.epochs, **cfg.sampler_params)
     state = TrainState(cfg, data, model, loss_fn, optimizer, counts, device, generator, sampler=cfg.sampler, inputs=inputs)
     # Every method object may react to the epoch (DRW, staged losses, meta-learned samplers …).
-    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler) if hasattr(h, "on_epoch_start")]
+    hooks = [h for h in (schedule, loss_fn, mixer, optimizer, learned_sampler, model) if hasattr(h, "on_epoch_start")]
     use_bf16 = cfg.bf16 and device.type == "cuda"
     reduce = getattr(optimizer, "reduce", None)
 
@@ -442,6 +439,7 @@ def train(
         state.log = {}
         for hook in hooks:
             hook.on_epoch_start(epoch, state)
+        lr = optimizer.param_groups[0]["lr"]  # a hook may set it (two-stage schemes restart the lr)
 
         within = samplers.within_class_weights(state.sampler, y_train, d_train)
         order = samplers.draw_indices(y_train, state.class_probs, n_train, generator, state.sampler == "instance", within)
@@ -498,6 +496,10 @@ def train(
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
     }
+    head_arrays = getattr(model.head, "test_arrays", None)  # e.g. each expert's test logits (BalPoE)
+    if head_arrays is not None:
+        with torch.no_grad():
+            arrays.update({k: v.float().cpu().numpy() for k, v in head_arrays(torch.from_numpy(feats_np).to(device)).items()})
     if data.domains_test is not None:  # per-domain metrics can be recomputed from a saved run
         arrays["test_domains"] = data.domains_test.numpy().astype(np.int64)
     if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these

@@ -63,11 +63,13 @@ def _preset_for(name):
 def test_finite_loss_and_gradient_on_random_data(name):
     gen = torch.Generator().manual_seed(0)
     counts = [50, 20, 10, 5, 1]
-    logits = torch.randn(16, 5, generator=gen, requires_grad=True)
+    loss = losses.build(name, counts)
+    # A loss that asks for the experts head (BalPoE) gets one logit row per expert: (batch, K, classes).
+    shape = (16, loss.head_params["num_experts"], 5) if loss.head == "experts" else (16, 5)
+    logits = torch.randn(*shape, generator=gen, requires_grad=True)
     features = torch.randn(16, 8, generator=gen)
     targets = torch.randint(0, 4, (16,), generator=gen)
     targets[3] = 4  # the rarest class has a single sample in this batch
-    loss = losses.build(name, counts)
     if hasattr(loss, "attach"):  # losses with their own layers (ResCom's projection head) size them from the model
         loss.attach(SimpleNamespace(feature_dim=features.shape[1]))
     value = loss(logits, targets, **_extra(loss, features))

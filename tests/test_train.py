@@ -121,6 +121,8 @@ def test_models_expose_features_and_head(name, head):
     shape = (3, 32, 32) if name.startswith("resnet") else (1, 8, 8)
     model = models.build_model(name, shape, 5, head)
     x = torch.randn(4, *shape)
+    if getattr(model, "bilateral", False):  # BBN trains on (conventional, re-balancing) pair batches
+        x = torch.stack([x, x], dim=1)
     f = model.features(x)
     assert f.shape == (4, model.feature_dim)
     torch.testing.assert_close(model(x), model.head(f))
