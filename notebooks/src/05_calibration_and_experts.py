@@ -122,10 +122,31 @@ print(f"T = {T:.2f}; test ECE {before['ece']:.3f} → {after['ece']:.3f}, test N
 
 # %% [markdown]
 # ## Experts: BalPoE
-# A balanced product of experts trains several logit-adjusted heads, each aimed at a different test
-# prior (from head-favouring to tail-favouring), and averages their logits; Mixup keeps the experts
-# calibrated. BalPoE lands in `ltlib` later; this section will train it and compare its reliability
-# diagram with the single models above.
+# A balanced product of experts trains K classifier heads on a shared backbone. Expert k learns the
+# logit-adjusted loss for the test prior π^λ_k,
+#
+# $$\ell_k = -\log \operatorname{softmax}\bigl(z_k + (1-\lambda_k)\log\pi\bigr)_y ,$$
+#
+# so λ = 1 is plain cross-entropy (head-favouring), λ = 0 the balanced prior and λ = −1 favours the tail
+# (defaults λ = (1, 0, −1)). The prediction averages the experts' logits; with mean λ̄ = 0 the product
+# targets the balanced prior. The paper trains with Mixup to keep the experts calibrated.
+
+# %%
+runs["BalPoE"] = run_of(loss="balpoe")
+runs["BalPoE + Mixup α=0.2"] = run_of(loss="balpoe", mixing="mixup", mixing_params={"alpha": 0.2})
+pd.DataFrame({name: {k: r.eval[k] for k in CALIBRATION} for name, r in runs.items()}).T.round(3)
+
+# %% [markdown]
+# On `digits-quick` BalPoE is the most accurate model in the table, and Mixup makes it more accurate still
+# with lower NLL, Brier score and classwise ECE — although its top-label ECE rises a little. Each expert
+# alone, against their product:
+
+# %%
+plots.expert_accuracy(runs["BalPoE + Mixup α=0.2"])
+
+# %%
+probs, labels = probabilities(runs["BalPoE + Mixup α=0.2"])
+plots.reliability(probs, labels, N_BINS, title=f"BalPoE + Mixup α=0.2 — ECE {metrics.expected_calibration_error(probs, labels, N_BINS):.3f}")
 
 # %% [markdown]
 # ## Try it
