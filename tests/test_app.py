@@ -216,7 +216,11 @@ def test_train_page_offers_every_config_field():
 
     at = new_app()
     keys = {w.key for w in [*at.number_input, *at.text_input, *at.checkbox, *at.selectbox] if w.key}
-    family_fields = {f"{f}_params" for f in ("loss", "sampler", "mixing", "schedule", "optimizer")} | {"dataset_params", "model_params"}
+    family_fields = {f"{f}_params" for f in ("loss", "sampler", "mixing", "schedule", "optimizer")} | {
+        "dataset_params",
+        "model_params",
+        "norm_params",
+    }
     for f in fields(Config):
         if f.name in family_fields:
             continue  # typed per method in each method's "parameters" expander

@@ -7,7 +7,7 @@ import streamlit as st
 
 from ltlib import plots, presets
 from ltlib.data import DATASETS
-from ltlib.models import MODELS
+from ltlib.models import MODELS, NORMS
 from ltlib.runs import load_run
 from ltlib.train import Config
 
@@ -48,7 +48,7 @@ for col, (family, registry) in zip(cols, common.FAMILIES.items()):
         chosen[family] = name
 
 # Every other Config field, typed from its default; the preset fills in quick values.
-HANDLED = {"dataset", "dataset_params", "imbalance", "profile", "model", "model_params", "norm", "seed", *common.FAMILIES}
+HANDLED = {"dataset", "dataset_params", "imbalance", "profile", "model", "model_params", "norm", "norm_params", "seed", *common.FAMILIES}
 HANDLED |= {f"{f}_params" for f in common.FAMILIES}
 CHOICES = {"device": ["auto", "cpu", "cuda"], "engine": ["auto", "eager", "graph"]}
 with st.expander("training settings", expanded=False):
@@ -87,6 +87,7 @@ with st.expander("training settings", expanded=False):
         model_params = common.method_params(MODELS, model, "model")
     else:
         model_params = {}
+    norm_params = common.method_params(NORMS, norm, "norm") if NORMS.get(norm).defaults else {}
 
 job = common.current_job()
 b1, b2, _ = st.columns([1, 1, 6])
@@ -107,6 +108,7 @@ if start:
                 model=model,
                 model_params=model_params,
                 norm=norm,
+                norm_params=norm_params,
                 **extra,
                 **{f: chosen[f] for f in chosen},
                 **{f"{f}_params": params[f] for f in chosen},
