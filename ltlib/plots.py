@@ -338,6 +338,97 @@ def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.
     return _layout(fig, f"Per-class accuracy: {label_b} − {label_a}", yaxis=dict(title="Δ accuracy"))
 
 
+def predictions_per_class(run: Run) -> go.Figure:
+    """Share of test predictions that go to each class against its true share, head → tail."""
+    logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
+    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    order = _order(counts)
+    n = len(names)
+    predicted = np.bincount(logits.argmax(1), minlength=n) / len(labels)
+    true = np.bincount(labels, minlength=n) / len(labels)
+    x = [names[c] for c in order]
+    fig = go.Figure(go.Bar(x=x, y=predicted[order], name="predicted", marker_color="#4c78a8"))
+    fig.add_trace(go.Scatter(x=x, y=true[order], name="true", mode="lines+markers", line=dict(color="grey", dash="dash")))
+    _group_bands(fig, counts, order)
+    return _layout(fig, "Where the test predictions go (head → tail)", yaxis=dict(title="share of test predictions"))
+
+
+def per_class_values(
+    counts: np.ndarray | list[int], series: dict[str, np.ndarray | list[float]], names: list[str], title: str, y_title: str
+) -> go.Figure:
+    """Grouped bars of per-class quantities (sampling probabilities, loss weights, margins …), head → tail."""
+    counts = np.asarray(counts)
+    order = _order(counts)
+    fig = go.Figure()
+    for label, values in series.items():
+        fig.add_trace(go.Bar(x=[names[c] for c in order], y=np.asarray(values)[order], name=label))
+    _group_bands(fig, counts, order)
+    return _layout(fig, title, barmode="group", yaxis=dict(title=y_title), xaxis=dict(title="class (head → tail)"))
+
+
+def per_class_slider(
+    counts: np.ndarray | list[int], steps: dict[str, np.ndarray | list[float]], names: list[str], title: str, slider_title: str
+) -> go.Figure:
+    """Per-class bars (head → tail) for each value of a setting, one slider step per value (e.g. τ-norm's τ)."""
+    counts = np.asarray(counts)
+    order = _order(counts)
+    labels = list(steps)
+    fig = go.Figure()
+    for i, label in enumerate(labels):
+        values = np.asarray(steps[label])[order]
+        fig.add_trace(go.Bar(x=[names[c] for c in order], y=values, name=label, visible=i == 0, marker_color="#4c78a8"))
+    _group_bands(fig, counts, order)
+    slider_steps = [
+        dict(method="update", label=label, args=[{"visible": [j == i for j in range(len(labels))]}]) for i, label in enumerate(labels)
+    ]
+    return _layout(
+        fig,
+        title,
+        sliders=[dict(active=0, currentvalue=dict(prefix=f"{slider_title} = "), steps=slider_steps, pad=dict(t=50))],
+        yaxis=dict(title="accuracy", range=[0, 1.05]),
+        xaxis=dict(title="class (head → tail)"),
+    )
+
+
+def sweep(
+    values: list[float],
+    evals: list[dict[str, Any]],
+    x_title: str,
+    keys: tuple[str, ...] = ("balanced_accuracy", "many", "medium", "few"),
+    log_x: bool = False,
+    title: str | None = None,
+) -> go.Figure:
+    """Summary metrics of several evaluations against the one setting that varies (imbalance, τ, …)."""
+    if len(values) != len(evals):
+        raise ValueError(f"values has {len(values)} entries but evals has {len(evals)}; they must match")
+    fig = go.Figure()
+    for k in keys:
+        fig.add_trace(go.Scatter(x=list(values), y=[e[k] for e in evals], name=k, mode="lines+markers"))
+    return _layout(
+        fig, title or f"Metrics vs {x_title}", xaxis=dict(title=x_title, type="log" if log_x else "linear"), yaxis=dict(title="value")
+    )
+
+
+def tradeoff(evals: dict[str, dict[str, Any]], x: str = "many", y: str = "few") -> go.Figure:
+    """One point per method: accuracy on the head (``x``) against the tail (``y``), labelled by name."""
+    names = list(evals)
+    fig = go.Figure(
+        go.Scatter(
+            x=[evals[n][x] for n in names], y=[evals[n][y] for n in names], mode="markers+text", text=names, textposition="top center"
+        )
+    )
+    return _layout(fig, f"Head–tail trade-off: {y} vs {x}", xaxis=dict(title=f"{x} accuracy"), yaxis=dict(title=f"{y} accuracy"))
+
+
+def per_domain_accuracy(evals: dict[str, dict[str, Any]]) -> go.Figure:
+    """Accuracy per domain (mean over its classes) for several runs, grouped by domain."""
+    fig = go.Figure()
+    for label, e in evals.items():
+        per_domain = e["per_domain_accuracy"]
+        fig.add_trace(go.Bar(x=list(per_domain), y=list(per_domain.values()), name=label))
+    return _layout(fig, "Accuracy per domain", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]), xaxis=dict(title="domain"))
+
+
 def accuracy_vs_count(run: Run) -> go.Figure:
     """Per-class accuracy against training count (log axis) with a least-squares trend in log count."""
     counts, acc, names = np.asarray(run.eval["class_counts"]), np.asarray(run.eval["per_class_accuracy"]), _names(run)
