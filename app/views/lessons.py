@@ -41,14 +41,17 @@ LESSONS = [
         "grow; on the Calibration page, τ = 1 on the plain CE run gets much of the same gain without retraining.",
     ),
     (
-        "4. Calibration",
-        "Mixup on the long tail, then open the Calibration page.",
+        "4. Calibration and experts",
+        "Mixup on the long tail, then a balanced product of experts (BalPoE, Sanchez Aimar et al. 2023) trained "
+        "with Mixup; open the Calibration and Per-class pages.",
         [
             dict(loss="ce", sampler="instance", mixing="none", imbalance=100.0),
             dict(loss="ce", sampler="instance", mixing="mixup", imbalance=100.0),
+            dict(loss="balpoe", sampler="instance", mixing="mixup", imbalance=100.0),
         ],
         "Long-tailed models are over-confident on the head; mixup softens confidence. Look at the reliability diagram "
-        "and the per-class over/under-confidence bars, then try the post-hoc sliders.",
+        "and the per-class over/under-confidence bars, then try the post-hoc sliders. For BalPoE, the Per-class page "
+        "shows each expert (head-, balanced- and tail-leaning) beside their average.",
     ),
 ]
 
