@@ -564,6 +564,7 @@ class BBNClassifier(Classifier):
     bilateral = True
 
     def on_epoch_start(self, epoch: int, state: Any) -> None:
+        super().on_epoch_start(epoch, state)
         self.backbone.alpha = cumulative_alpha(epoch, state.cfg.epochs)
         state.log["bbn_alpha"] = self.backbone.alpha
 
