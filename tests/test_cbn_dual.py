@@ -130,3 +130,12 @@ def test_batch_context_reaches_only_layers_that_ask_for_the_key():
     layers = [m for m in model.modules() if isinstance(m, DualPathCompoundBatchNorm)]
     assert all(m.labels is labels for m in layers)
     assert not any(hasattr(m, "noise_mask") for m in model.modules())
+
+
+def test_bbn_hands_class_groups_to_dual_layers_and_keeps_its_alpha():
+    model = build_model("bbn", (1, 8, 8), 4, norm="compound_bn_dual", backbone="cnn")
+    state = type("State", (), {"class_counts": [40, 20, 5, 1], "cfg": type("Cfg", (), {"epochs": 10})(), "log": {}})()
+    model.on_epoch_start(5, state)
+    layers = [m for m in model.modules() if isinstance(m, DualPathCompoundBatchNorm)]
+    assert layers and all(m.class_group.tolist() == [0, 0, 1, 1] for m in layers)
+    assert state.log["bbn_alpha"] == pytest.approx(1 - 0.5**2)
