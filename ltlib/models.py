@@ -129,12 +129,26 @@ class CompoundBatchNorm(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._ready = False
 
-    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
-        """E-step: (N, K) posterior of each component for rows of x (N, C), under the running mixture."""
-        var = self.running_vars + self.eps
-        sq = ((x[:, None, :] - self.running_means[None]) ** 2 / var[None]).sum(-1)
-        log_p = self.running_priors.clamp_min(1e-12).log()[None] - 0.5 * (sq + var.log().sum(-1)[None])
-        return torch.softmax(log_p, dim=1)
+    def responsibilities(self, x: torch.Tensor, components: torch.Tensor | None = None) -> torch.Tensor:
+        """E-step: posterior of each component for rows of x (N, C), under the running mixture: (N, K),
+        or (N, len(components)) over only the given components (renormalised among them)."""
+        means, var = self.running_means, self.running_vars + self.eps
+        log_prior = self.running_priors.clamp_min(1e-12).log()
+        if components is not None:
+            means, var, log_prior = means[components], var[components], log_prior[components]
+        sq = ((x[:, None, :] - means[None]) ** 2 / var[None]).sum(-1)
+        return torch.softmax(log_prior[None] - 0.5 * (sq + var.log().sum(-1)[None]), dim=1)
+
+    def _batch_statistics(self, rows: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """M-step on a batch: responsibility-weighted means and variances (with gradients), and each component's mass."""
+        mass = r.sum(0).clamp_min(1e-6)
+        means = (r.T @ rows) / mass[:, None]
+        variances = ((r.T @ rows.pow(2)) / mass[:, None] - means.pow(2)).clamp_min(0.0)
+        return means, variances, mass
+
+    def _normalize(self, rows: torch.Tensor, r: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
+        """x̂ = Σ_k r_k·(x − μ_k)/√(σ²_k + ε), before the affine γ, β."""
+        return torch.einsum("nk,nkc->nc", r, (rows[:, None, :] - means[None]) / (variances[None] + self.eps).sqrt())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Mixture statistics (E[x²] − E[x]², softmax over log-densities) need fp32, as batch norm keeps
@@ -150,22 +164,22 @@ class CompoundBatchNorm(nn.Module):
                 if not bool(self.initialized):
                     self._initialize(rows.detach())
                 self._ready = True
-            r = self.responsibilities(rows.detach())
-            mass = r.sum(0).clamp_min(1e-6)  # (K,)
-            means = (r.T @ rows) / mass[:, None]
-            variances = (r.T @ rows.pow(2)) / mass[:, None] - means.pow(2)
-            variances = variances.clamp_min(0.0)
-            with torch.no_grad():
-                m = self.momentum
-                self.running_means.lerp_(means.detach(), m)
-                self.running_vars.lerp_(variances.detach(), m)
-                self.running_priors.lerp_(mass / mass.sum(), m)
+            normalized = self._train_normalize(rows, len(x))
         else:
-            r = self.responsibilities(rows)
-            means, variances = self.running_means, self.running_vars
-        normalized = torch.einsum("nk,nkc->nc", r, (rows[:, None, :] - means[None]) / (variances[None] + self.eps).sqrt())
+            normalized = self._normalize(rows, self.responsibilities(rows), self.running_means, self.running_vars)
         out = normalized * self.weight + self.bias
         return out.reshape(*shape[:1], *shape[2:], shape[1]).movedim(-1, 1).to(x.dtype)
+
+    def _train_normalize(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        """Training: one moving-average EM step over all rows of the batch, and the normalised rows."""
+        r = self.responsibilities(rows.detach())
+        means, variances, mass = self._batch_statistics(rows, r)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_means.lerp_(means.detach(), m)
+            self.running_vars.lerp_(variances.detach(), m)
+            self.running_priors.lerp_(mass / mass.sum(), m)
+        return self._normalize(rows, r, means, variances)
 
     @torch.no_grad()
     def _initialize(self, rows: torch.Tensor) -> None:
@@ -178,6 +192,106 @@ class CompoundBatchNorm(nn.Module):
         self.running_vars.copy_(rows.var(0, unbiased=False).expand_as(self.running_vars))
         self.running_priors.fill_(1.0 / self.components)
         self.initialized.fill_(True)
+
+
+def frequency_groups(class_counts: Any, splits: int) -> torch.Tensor:
+    """Group of each class: classes sorted by training count (most frequent first), cut into ``splits``
+    groups of near-equal size; group 0 holds the head classes, the last group the tail."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    order = torch.argsort(-counts, stable=True)
+    groups = torch.empty(len(counts), dtype=torch.long)
+    for g, chunk in enumerate(torch.tensor_split(order, splits)):
+        groups[chunk] = g
+    return groups
+
+
+def component_owners(components: int, splits: int) -> torch.Tensor:
+    """Group that owns each mixture component: contiguous blocks of near-equal size, the larger blocks
+    going to the less frequent groups (K = 3, two groups: head {0}, tail {1, 2})."""
+    sizes = [components // splits + (g >= splits - components % splits) for g in range(splits)]
+    return torch.repeat_interleave(torch.arange(splits), torch.tensor(sizes))
+
+
+@NORMS.register(
+    "compound_bn_dual",
+    paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022",
+)
+class DualPathCompoundBatchNorm(CompoundBatchNorm):
+    """Compound batch norm trained dual-path: an auxiliary pass with class-aware split normalisation diversifies the mixture.
+
+    Mainstream path: ordinary compound BN (see ``compound_bn``); it alone is used at test. Auxiliary
+    path, in training only: the same network (shared weights) sees the batch again, and each compound
+    BN layer splits the batch by class frequency: classes are sorted by training count and cut into
+    ``splits`` groups (2: head, tail), each group owns its own block of mixture components (K = 3, two
+    groups: head {0}, tail {1, 2}), and a sample of group g is normalised only by g's components —
+    responsibilities renormalised over them, means and variances from g's samples alone — and moves
+    only those components' running means and variances (momentum m). So components are fitted to
+    the less frequent classes instead of following the head. Mixture weights π move in the
+    mainstream path only (they must stay one distribution over all K).
+    Training objective: ℓ(z_main, y) + CE(z_aux, y) + λ·(1/B)·Σ_i ‖softmax(z_main,i) − sg(softmax(z_aux,i))‖²,
+    where ℓ is the run's loss and sg stops the gradient: the mainstream is pulled towards the
+    auxiliary prediction, never the other way round (λ = ``consistency``).
+    Not recoverable here (the paper's method section and code could not be read; only its abstract
+    and summaries): the number of groups, how components are assigned to groups, the consistency
+    distance, its direction and weight; the choices above are this library's. The auxiliary term
+    uses plain cross-entropy (no class weights) on the first labels of a mixed batch.
+    """
+
+    not_graph_capturable = "runs a second, class-aware forward pass per training step (dual-path learning)"
+    # Per-batch information set by :func:`set_batch_context`: the batch's labels (None: mainstream
+    # path) and each class's frequency group (set once per epoch by the classifier).
+    batch_context = ("labels", "class_group")
+    labels: torch.Tensor | None = None
+    class_group: torch.Tensor | None = None
+
+    def __init__(
+        self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5, splits: int = 2, consistency: float = 1.0
+    ) -> None:
+        super().__init__(channels, components, momentum, eps)
+        if not 2 <= splits <= components:
+            raise ValueError(f"splits={splits} is out of range; allowed: 2 <= splits <= components ({components})")
+        check_range("consistency", consistency, 0.0, float("inf"))
+        self.splits, self.consistency = splits, consistency
+        self.register_buffer("owner", component_owners(components, splits), persistent=False)
+
+    def _train_normalize(self, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.labels is None or self.class_group is None:
+            return super()._train_normalize(rows, batch)
+        # Each sample contributes len(rows) / batch rows (its pixels), in sample order.
+        row_group = self.class_group.to(rows.device)[self.labels].repeat_interleave(len(rows) // batch)
+        out = torch.zeros_like(rows)
+        for g in range(self.splits):
+            own, chosen = (self.owner == g).nonzero().squeeze(1), row_group == g
+            part = rows[chosen]
+            if len(part) == 0:
+                continue
+            r = self.responsibilities(part.detach(), own)
+            means, variances, _ = self._batch_statistics(part, r)
+            with torch.no_grad():
+                self.running_means[own] = self.running_means[own].lerp(means.detach(), self.momentum)
+                self.running_vars[own] = self.running_vars[own].lerp(variances.detach(), self.momentum)
+            out[chosen] = self._normalize(part, r, means, variances)
+        return out
+
+    def dual_objective(self, main_logits: torch.Tensor, aux_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The auxiliary path's terms: CE(z_aux, y) + λ·mean_i ‖softmax(z_main,i) − sg(softmax(z_aux,i))‖²."""
+        main_logits, aux_logits = main_logits.float(), aux_logits.float()
+        gap = (main_logits.softmax(1) - aux_logits.softmax(1).detach()).pow(2).sum(1).mean()
+        return F.cross_entropy(aux_logits, y) + self.consistency * gap
+
+
+def set_batch_context(model: nn.Module | None, **values: Any) -> None:
+    """Hand per-batch information to the layers of ``model`` that ask for it (``batch_context`` names the keys
+    a layer takes: DAR-BN's ``noise_mask``, dual-path compound BN's ``labels`` and ``class_group``).
+
+    A value stays until the next call; layers that do not list a key are unaffected.
+    """
+    if model is None:
+        return
+    for m in model.modules():
+        for key in getattr(m, "batch_context", ()):
+            if key in values:
+                setattr(m, key, values[key])
 
 
 def make_norm(norm: Norm, channels: int) -> nn.Module:
@@ -194,6 +308,7 @@ class DarBatchNorm2d(nn.BatchNorm2d):
     with no mask, it is plain batch norm. The mask is set per batch by :func:`set_noise_mask`.
     """
 
+    batch_context = ("noise_mask",)
     noise_mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,11 +338,7 @@ def set_noise_mask(model: nn.Module | None, mask: torch.Tensor | None) -> None:
     The mask stays until the next call; layers ignore it in eval mode or when its length differs
     from the batch they see. Models without DAR-BN layers are unaffected.
     """
-    if model is None:
-        return
-    for m in model.modules():
-        if isinstance(m, DarBatchNorm2d):
-            m.noise_mask = mask
+    set_batch_context(model, noise_mask=mask)
 
 
 class Classifier(nn.Module):
@@ -247,6 +358,28 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def on_epoch_start(self, epoch: int, state: Any) -> None:
+        """Tell layers that split a batch by class frequency (dual-path compound BN) each class's group."""
+        for m in self.modules():
+            if isinstance(m, DualPathCompoundBatchNorm):
+                m.class_group = frequency_groups(state.class_counts, m.splits).to(m.owner.device)
+
+    def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Terms the model adds to a training batch's loss (None: none), given the batch and its logits.
+
+        Dual-path compound BN: a second, label-aware pass through the network (the auxiliary path)
+        and its objective, :meth:`DualPathCompoundBatchNorm.dual_objective`.
+        """
+        dual = next((m for m in self.modules() if isinstance(m, DualPathCompoundBatchNorm)), None)
+        if dual is None or not self.training or dual.class_group is None:
+            return None
+        set_batch_context(self, labels=y)
+        try:
+            aux_logits = self(x)
+        finally:
+            set_batch_context(self, labels=None)
+        return dual.dual_objective(logits, aux_logits, y)
 
     backbone_eval: bool = False
 
@@ -431,6 +564,7 @@ class BBNClassifier(Classifier):
     bilateral = True
 
     def on_epoch_start(self, epoch: int, state: Any) -> None:
+        super().on_epoch_start(epoch, state)
         self.backbone.alpha = cumulative_alpha(epoch, state.cfg.epochs)
         state.log["bbn_alpha"] = self.backbone.alpha
 

@@ -311,24 +311,28 @@ def batch_loss(
     own loss weight (Open-sampling's noise images) set it. ``reduce`` (the optimiser's, if it has
     one, e.g. ABSGD's attention weights) turns the per-sample values into the batch objective
     instead of the mean. A loss that asks gets the penultimate ``features=`` and the batch's
-    ``domains=`` as well.
+    ``domains=`` as well. A model's ``extra_loss(x, y, logits)`` terms, if any, are added.
     """
     # No autocast weight cache: it would hold tensors across CUDA-graph replays.
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False):
         feats = model.features(x)
         logits = model.head(feats)
+        # A model may add its own terms (dual-path compound BN's auxiliary pass); None for most.
+        model_terms = model.extra_loss(x, y, logits) if hasattr(model, "extra_loss") else None
     extra: dict[str, Any] = {"features": feats.float()} if loss_fn.needs_features else {}
     if loss_fn.needs_domains:
         extra["domains"] = domains
-    if y_b is None:
-        if weight is None and reduce is None:
-            return loss_fn(logits, y, **extra)
-        values = loss_fn(logits, y, reduction="none", **extra)
+    if y_b is None and weight is None and reduce is None:
+        loss = loss_fn(logits, y, **extra)
     else:
-        values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
-    if weight is not None:
-        values = weight * values
-    return values.mean() if reduce is None else reduce(values)
+        if y_b is None:
+            values = loss_fn(logits, y, reduction="none", **extra)
+        else:
+            values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+        if weight is not None:
+            values = weight * values
+        loss = values.mean() if reduce is None else reduce(values)
+    return loss if model_terms is None else loss + model_terms
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
