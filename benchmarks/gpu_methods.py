@@ -17,22 +17,12 @@ import json
 import time
 
 import numpy as np
+from zoo import FAMILIES  # the registry of each family, shared with the digits tables (same folder)
 
-from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.data import load_dataset
-from ltlib.models import MODELS, NORMS
 from ltlib.presets import preset
 from ltlib.train import train
 
-FAMILIES = {
-    "loss": ("loss", losses.LOSSES),
-    "sampler": ("sampler", samplers.SAMPLERS),
-    "mixing": ("mixing", mixing.MIXING),
-    "schedule": ("schedule", schedules.SCHEDULES),
-    "optimizer": ("optimizer", optim.OPTIMIZERS),
-    "norm": ("norm", NORMS),
-    "model": ("model", MODELS),
-}
 # Entries that only work as a pair.
 PAIRED = {("model", "bbn"): {"mixing": "bbn"}, ("mixing", "bbn"): {"model": "bbn"}}
 

@@ -31,13 +31,16 @@ def grid(base: Config, axes: dict[str, list[Any]]) -> list[Config]:
     return [replace(base, **dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
 
 
+def _dataset_key(cfg: Config) -> str:
+    return json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
+
+
 def _datasets(configs: list[Config]) -> dict[str, Dataset]:
     """Each distinct dataset once (keyed by name and parameters)."""
     out: dict[str, Dataset] = {}
     for cfg in configs:
-        key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
-        if key not in out:
-            out[key] = load_dataset(cfg.dataset, **cfg.dataset_params)
+        if _dataset_key(cfg) not in out:
+            out[_dataset_key(cfg)] = load_dataset(cfg.dataset, **cfg.dataset_params)
     return out
 
 
@@ -71,7 +74,7 @@ def train_many(
 
     def run(i: int) -> Result:
         cfg = configs[i]
-        ds = data[json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)]
+        ds = data[_dataset_key(cfg)]
 
         def sink(e: Event) -> None:
             if e.kind == "start":
