@@ -1,3 +1,4 @@
+import io
 import tarfile
 
 import numpy as np
@@ -177,3 +178,23 @@ def test_fast_tar_reader_matches_tarfile(tmp_path):
         with tarfile.open(tmp_path / name) as tar:
             slow = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
         assert fast is None if fmt == tarfile.GNU_FORMAT else fast == slow
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_decoding_in_worker_processes_matches_in_process(broken):
+    from ltlib import imagedecode
+
+    rng = np.random.default_rng(2)
+    items = []
+    for i in range(12):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="JPEG" if i % 2 else "PNG")
+        items.append((f"img{i}", buf.getvalue()))
+    if broken:
+        items[7] = ("dog/broken.jpg", b"\xff\xd8 not really a jpeg")
+        with pytest.raises(ValueError, match=r"corrupt image file 'dog/broken\.jpg'"):
+            imagedecode.decode_all(items, workers=3, min_for_processes=0)
+        return
+    in_process = imagedecode.decode_all(items, workers=1)
+    assert in_process.shape == (12, 8, 8, 3) and in_process.dtype == np.uint8
+    assert np.array_equal(imagedecode.decode_all(items, workers=3, min_for_processes=0), in_process)
