@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from ltlib import fast
 from ltlib.data import load_dataset, make_long_tailed
 from ltlib.presets import preset
 from ltlib.train import train
@@ -138,6 +139,15 @@ def main() -> int:
         out["graph_s_per_epoch"] = epoch_seconds("graph", 6)
         print(f"ltlib CUDA-graph loop:        {out['graph_s_per_epoch']:.3f} s/epoch", flush=True)
         if args.variants:
+            for steps in (1, 16, 1000):
+                fast.STEPS_PER_GRAPH = steps
+                out[f"graph_{steps}_steps_per_graph_s_per_epoch"] = epoch_seconds("graph", 6)
+                print(f"  … {steps} steps per graph:      {out[f'graph_{steps}_steps_per_graph_s_per_epoch']:.3f} s/epoch", flush=True)
+            fast.STEPS_PER_GRAPH = 4
+            fast.SIDE_STREAM_WEIGHT_GRADS = False
+            out["graph_one_stream_s_per_epoch"] = epoch_seconds("graph", 6)
+            fast.SIDE_STREAM_WEIGHT_GRADS = True
+            print(f"  … weight grads on the main stream: {out['graph_one_stream_s_per_epoch']:.3f} s/epoch", flush=True)
             out["graph_nchw_s_per_epoch"] = epoch_seconds("graph", 6, channels_last=False)
             print(f"  … without channels-last:    {out['graph_nchw_s_per_epoch']:.3f} s/epoch", flush=True)
             t = time.perf_counter()
@@ -156,18 +166,24 @@ def main() -> int:
             result = train(preset("cifar10-lt", seed=seed, compile=args.compile, **methods[name]), root=os.environ.get("OUT", "runs"))
             wall = time.perf_counter() - t
             meta = json.loads((result.path / "meta.json").read_text())
+            times = [json.loads(line)["time"] for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+            print(
+                f"  epoch timeline: first epoch ends at {times[0]:.1f} s, last at {times[-1]:.1f} s, slowest epoch {max(np.diff(times)):.2f} s, median {np.median(np.diff(times)):.3f} s",
+                flush=True,
+            )
             row = {
                 "method": name,
                 "seed": seed,
                 "wall_s": wall,
                 "setup_s": meta["setup_seconds"],
+                "warm_up_s": meta.get("warm_up_seconds", 0.0),
                 "balanced_accuracy": result.eval["balanced_accuracy"],
                 "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "engine": meta["engine"],
             }
             out["runs"].append(row)
             print(
-                f"full run {name} seed {seed}: {wall:.1f} s (capture/compile {row['setup_s']:.1f} s), balanced accuracy {100 * row['balanced_accuracy']:.2f} %, peak {row['peak_gpu_gib']:.2f} GiB, engine {row['engine']}",
+                f"full run {name} seed {seed}: {wall:.1f} s, {wall - row['warm_up_s']:.1f} s without the warm-up (set-up {row['setup_s']:.1f} s of which warm-up {row['warm_up_s']:.1f} s), balanced accuracy {100 * row['balanced_accuracy']:.2f} %, peak {row['peak_gpu_gib']:.2f} GiB, engine {row['engine']}",
                 flush=True,
             )
 

@@ -12,15 +12,21 @@ it step by step with the eager loop in :mod:`ltlib.train`, which stays the refer
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
 from ltlib import samplers
 from ltlib.losses import Loss
+from ltlib.models import Conv2d
 
 # One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
 # captures its own graph (seen with ltlib.sweep on an H100).
 _CAPTURE_LOCK = threading.Lock()
+# Weight gradients on a side stream (models.Conv2d); benchmarks/gpu.py turns it off to measure the gain.
+SIDE_STREAM_WEIGHT_GRADS = True
+# Training steps captured in one CUDA graph (replayed over the epoch); benchmarks/gpu.py varies it.
+STEPS_PER_GRAPH = 4
 
 
 def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
@@ -48,10 +54,13 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
 
 
 class GraphEpoch:
-    """One epoch of training steps over an index order, replayed as a single CUDA graph.
+    """One epoch of training steps over an index order, replayed from CUDA graphs.
 
-    Each step takes its batch as a fixed slice of the device buffer ``order`` (the full batches and
-    the epoch's last, smaller one), so an epoch is one launch with no host work between steps.
+    Each step reads its batch from the device buffer ``order`` at a device-side offset that the step
+    itself advances, so one captured chunk of ``STEPS_PER_GRAPH`` steps serves the whole epoch: an
+    epoch is a few replays with no host work between them, and capture stays short (the capture
+    traces each captured step in Python). The epoch's remaining steps, the last smaller batch
+    included, are a second graph.
 
     SGD (momentum, weight decay, optional Nesterov) is written with foreach ops and a learning-rate
     tensor so the update lives inside the graph; it computes what ``torch.optim.SGD`` computes (its
@@ -67,21 +76,39 @@ class GraphEpoch:
         self.use_bf16 = use_bf16
         n, dev = len(y_train), y_train.device
         self.order = torch.zeros(n, dtype=torch.long, device=dev)
-        self.slices = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        self.offset = torch.zeros((), dtype=torch.long, device=dev)
+        full, tail = divmod(n, batch_size)
+        k = min(STEPS_PER_GRAPH, full)
+        self.chunks, rest = divmod(full, k) if k else (0, 0)
+        self.chunk = [batch_size] * k  # replayed ``chunks`` times per epoch
+        self.rest = [batch_size] * rest + ([tail] if tail else [])  # once per epoch
+        self.positions = {size: torch.arange(size, device=dev) for size in {batch_size, tail} if size}
         self.lr = torch.tensor(cfg.lr, device=dev)
         self.loss_sum = torch.zeros((), device=dev)
         self.momentum, self.weight_decay, self.nesterov = cfg.momentum, cfg.weight_decay, cfg.nesterov
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.buffers = [torch.zeros_like(p) for p in self.params]
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: list[tuple[torch.cuda.CUDAGraph, int]] = []  # (graph, replays per epoch)
+        self.warm_up_seconds = 0.0  # cuDNN autotuning and, with torch.compile, compilation
+        # In the captured graph the convolutions' weight gradients run on a side stream, beside the
+        # backward chain of input gradients (models.Conv2d); the update waits for them.
+        # (A model without such convolutions must not wait for a stream that has no work in the capture.)
+        self.convs = [m for m in model.modules() if isinstance(m, Conv2d)] if capture and SIDE_STREAM_WEIGHT_GRADS else []
+        self.grad_stream = torch.cuda.Stream(dev) if self.convs else None
+        # ... and read bf16 copies of their weights, refreshed by the update in one foreach copy,
+        # instead of casting each weight in the forward pass.
+        self.weights_lp = [torch.empty_like(m.weight, dtype=torch.bfloat16) for m in self.convs] if use_bf16 else []
         if capture:
             self._capture()
 
-    def _step(self, start: int, stop: int) -> None:
-        idx = self.order[start:stop]
+    def _step(self, size: int) -> None:
+        idx = self.order[self.offset + self.positions[size]]
+        self.offset.add_(size)
         x = self.inputs(self.x_train[idx], self.generator)
         loss = self.batch_loss(self.model, self.loss_fn, x, self.y_train[idx], None, None, self.use_bf16)
         grads = torch.autograd.grad(loss, self.params)
+        if self.grad_stream is not None:
+            torch.cuda.current_stream().wait_stream(self.grad_stream)
         with torch.no_grad():
             if self.weight_decay:
                 grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
@@ -89,45 +116,79 @@ class GraphEpoch:
             torch._foreach_add_(self.buffers, grads)
             direction = torch._foreach_add(grads, self.buffers, alpha=self.momentum) if self.nesterov else self.buffers
             torch._foreach_sub_(self.params, torch._foreach_mul(direction, self.lr))
+            self._refresh_low_precision()
             self.loss_sum.add_(loss.detach())
 
-    def _epoch(self) -> None:
-        for start, stop in self.slices:
-            self._step(start, stop)
+    @torch.no_grad()
+    def _refresh_low_precision(self) -> None:
+        if self.weights_lp:
+            torch._foreach_copy_(self.weights_lp, [m.weight for m in self.convs])
 
     def _capture(self) -> None:
+        # Warm-up and capture train for a few steps: their effect on the weights, the momentum
+        # buffers and the BN statistics is undone afterwards.
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        # While capturing: weight gradients on the side stream, bf16 weight copies, and no BN batch
+        # counter (31 tiny kernels a step; with a fixed momentum nothing reads it).
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+        counters = [m.num_batches_tracked for m in norms]
         with _CAPTURE_LOCK:
-            self._warm_up_and_capture()
+            try:
+                for m, lp in zip(self.convs, self.weights_lp or [None] * len(self.convs)):
+                    m.grad_stream, m.weight_lp = self.grad_stream, lp
+                for m in norms:
+                    m.num_batches_tracked = None
+                self._refresh_low_precision()
+                self._warm_up_and_capture()
+            finally:  # the graphs hold the kernels; the model itself goes back to plain layers
+                for m in self.convs:
+                    m.grad_stream, m.weight_lp = None, None
+                for m, counter in zip(norms, counters):
+                    m.num_batches_tracked = counter
+        with torch.no_grad():
+            self.model.load_state_dict(state)
+            for b in self.buffers:
+                b.zero_()
+        self._refresh_low_precision()
+        self.loss_sum.zero_()
 
     def _warm_up_and_capture(self) -> None:
         # Warm up each batch shape on a side stream (cuDNN picks algorithms, Inductor compiles,
-        # autograd builds its caches), capture the epoch, then undo the warm-up's effect on the
-        # weights, the momentum buffers and the BN statistics.
-        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        # autograd builds its caches), then capture the chunk of steps and the rest of the epoch.
+        started = time.perf_counter()
         self.order.copy_(torch.randperm(len(self.order), device=self.order.device))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._step(*self.slices[0])
-                self._step(*self.slices[-1])
+                for size in self.positions:
+                    self.offset.zero_()
+                    self._step(size)
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.register_generator_state(self.generator)
-        # thread_local: other runs (ltlib.sweep) may launch small set-up work on their own streams meanwhile.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self._epoch()
-        with torch.no_grad():
-            self.model.load_state_dict(state)
-            for b in self.buffers:
-                b.zero_()
-        self.loss_sum.zero_()
+        torch.cuda.current_stream().synchronize()
+        self.warm_up_seconds = time.perf_counter() - started
+        pool = None
+        for steps, replays in ((self.chunk, self.chunks), (self.rest, 1)):
+            if not steps:
+                continue
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self.generator)
+            self.offset.zero_()
+            # thread_local: other runs (ltlib.sweep) may launch small set-up work on their own streams meanwhile.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                for size in steps:
+                    self._step(size)
+            pool = graph.pool()  # the graphs run one after another: they can share memory
+            self.graphs.append((graph, replays))
 
     def __call__(self, order: torch.Tensor, lr: float) -> None:
         """Train one epoch over ``order`` (a device tensor of training indices) at learning rate ``lr``."""
         self.order.copy_(order, non_blocking=True)
         self.lr.fill_(lr)
-        if self.graph is None:
-            self._epoch()
-        else:
-            self.graph.replay()
+        self.offset.zero_()
+        if not self.graphs:
+            for size in self.chunk * self.chunks + self.rest:
+                self._step(size)
+        for graph, replays in self.graphs:
+            for _ in range(replays):
+                graph.replay()
