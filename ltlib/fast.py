@@ -11,9 +11,11 @@ it step by step with the eager loop in :mod:`ltlib.train`, which stays the refer
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
+import numpy as np
 import torch
 
 from ltlib import samplers
@@ -192,3 +194,45 @@ class GraphEpoch:
         for graph, replays in self.graphs:
             for _ in range(replays):
                 graph.replay()
+
+
+class BackgroundEvaluation:
+    """Test passes on their own CUDA stream, beside the next epoch's training.
+
+    At an evaluated epoch the weights are copied into a shadow model (one foreach copy, ordered after
+    the epoch on the training stream); the shadow's forward pass and the copy of its outputs to
+    pinned host memory then run on a side stream while the GPU trains the next epoch, which the
+    training step alone leaves partly idle. Made before ``torch.compile``: the shadow runs eagerly.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs, x_test: torch.Tensor) -> None:
+        self.shadow = copy.deepcopy(model)
+        self.sources = list(model.state_dict(keep_vars=True).values())
+        self.targets = list(self.shadow.state_dict(keep_vars=True).values())
+        self.inputs, self.x = inputs, x_test.to(inputs.device)
+        self.stream = torch.cuda.Stream(inputs.device)
+        self.done = torch.cuda.Event()
+        self.host: list[torch.Tensor] = []
+
+    def start(self) -> None:
+        """Snapshot the model as it is at the end of the epoch just launched, and start its test pass."""
+        from ltlib.train import predict
+
+        with torch.no_grad():
+            torch._foreach_copy_(self.targets, self.sources)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            outputs = [*predict(self.shadow, self.inputs, self.x)]
+            weight = getattr(self.shadow.head, "weight", None)  # τ-norm reads the head's weight
+            outputs.append(weight.detach().float() if isinstance(weight, torch.Tensor) else torch.zeros(0, device=self.x.device))
+            if not self.host:
+                self.host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in outputs]
+            for host, t in zip(self.host, outputs):
+                host.copy_(t, non_blocking=True)
+            self.done.record()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Test logits, features and head weight (None without one) of the last started pass; waits for it."""
+        self.done.synchronize()
+        logits, feats, weight = (h.numpy().copy() for h in self.host)
+        return logits, feats, weight if weight.size else None

@@ -24,7 +24,7 @@ import torch
 from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.calibration import Outputs, adjust
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
-from ltlib.fast import GraphEpoch, unsupported_reason
+from ltlib.fast import BackgroundEvaluation, GraphEpoch, unsupported_reason
 from ltlib.metrics import evaluate
 from ltlib.models import MODELS, NORMS, auto_model, build_model
 from ltlib.runs import new_run_id, save_run
@@ -80,8 +80,9 @@ class Config:
     # "auto": the CUDA-graph step (ltlib.fast) on a GPU when the methods allow it, else eager;
     # "graph" forces the graph step's code (uncaptured on CPU); "eager" is the reference loop.
     engine: str = "auto"
-    # GPU only: compile the backbone with Inductor (fused kernels; ~30 s warm-up) and keep
-    # activations channels-last, which bf16 convolutions prefer.
+    # GPU only: compile with Inductor (the backbone, and with the graph engine the head and loss too):
+    # fused kernels for a warm-up of tens of seconds, which Inductor caches on disk. Channels-last
+    # activations: bf16 convolutions prefer them.
     compile: bool = False
     channels_last: bool = True
 
@@ -294,10 +295,16 @@ def evaluation_logits(
             logits, feats = predict(model, inputs, x)
     else:
         logits, feats = predict(model, inputs, x)
-    feats_np = feats.cpu().numpy()
     weight = model.head.weight.detach().float().cpu().numpy() if cfg.tau_norm is not None else None
-    outputs = Outputs(logits.cpu().numpy(), np.empty(0), counts, feats_np, weight)
-    return adjust(outputs, tau_norm=cfg.tau_norm, logit_tau=cfg.posthoc_tau).astype(np.float32), feats_np
+    return adjusted_logits(logits.cpu().numpy(), feats.cpu().numpy(), weight, cfg, counts)
+
+
+def adjusted_logits(
+    logits: np.ndarray, feats: np.ndarray, head_weight: np.ndarray | None, cfg: Config, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the config's post-hoc adjustments (τ-norm needs the head's weight) to test logits."""
+    outputs = Outputs(logits, np.empty(0), counts, feats, head_weight)
+    return adjust(outputs, tau_norm=cfg.tau_norm, logit_tau=cfg.posthoc_tau).astype(np.float32), feats
 
 
 def batch_loss(
@@ -399,11 +406,17 @@ def train(
         if data.is_image and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
             inputs.channels_last = True
-        if cfg.compile:
-            # Convolutions stay outside the compiled regions (models.Conv2d), so there is one region
-            # per layer shape and batch size: more than dynamo's default of 8 recompilations.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            model.backbone.compile(dynamic=False)
+    engine, engine_note = _choose_engine(cfg, loss_fn, device)
+    # With the CUDA-graph engine, test passes run on their own stream beside the next epoch's training.
+    background = BackgroundEvaluation(model, inputs, data.x_test) if engine == "graph" and device.type == "cuda" else None
+    if device.type == "cuda" and cfg.compile:
+        # Convolutions stay outside the compiled regions (models.Conv2d), so there is one region
+        # per layer shape and batch size: more than dynamo's default of 8 recompilations.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model.backbone.compile(dynamic=False)
+        if engine == "graph":  # the head and the loss too: their small kernels fuse (e.g. LDAM's cosine head and margins)
+            model.head.compile(dynamic=False)
+            loss_fn.compile(dynamic=False)
     # A loss may own layers sized by the backbone (ResCom's projection head); they train with the model.
     if hasattr(loss_fn, "attach"):
         loss_fn.attach(model)
@@ -427,7 +440,6 @@ def train(
 
     n_train = len(y_train)
     steps = math.ceil(n_train / cfg.batch_size)
-    engine, engine_note = _choose_engine(cfg, loss_fn, device)
     fast_epoch = None
     setup_started = time.time()
     if engine == "graph":
@@ -448,6 +460,22 @@ def train(
         info["warm_up_seconds"] = fast_epoch.warm_up_seconds
     emit(Event("start", 0, cfg.epochs, 0, steps, info))
 
+    def publish(record: dict[str, Any], outputs: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+        """Add an epoch's test metrics (if it was evaluated) to its record, keep it and tell the callbacks."""
+        epoch = record["epoch"] - 1
+        summary: dict[str, Any] = {}
+        if outputs is not None:
+            summary = evaluate(outputs[0], data.y_test.numpy(), counts, **domain_args)
+            record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
+            if "per_domain_accuracy" in summary:
+                record["per_domain_accuracy"] = summary["per_domain_accuracy"]
+            record["per_class_accuracy"] = summary["per_class_accuracy"]
+            emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
+        history.append(record)
+        emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
+        return summary
+
+    waiting: dict[str, Any] | None = None  # an evaluated epoch's record, while its test pass runs
     for epoch in range(cfg.epochs):
         state.epoch = epoch
         lr = schedules.learning_rate(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, tuple(cfg.milestones()), cfg.lr_gamma, cfg.cosine)
@@ -482,6 +510,9 @@ def train(
             loss_sum += loss.detach()
             emit(Event("step", epoch, cfg.epochs, step, steps))
 
+        if waiting is not None:  # the previous epoch's test pass ran beside this epoch's training
+            publish(waiting, adjusted_logits(*background.result(), cfg, counts))
+            waiting = None
         # One host synchronisation per epoch: the mean loss, which also catches NaN/inf.
         mean_loss = float(loss_sum) / steps
         record = {"epoch": epoch + 1, "lr": lr, "loss": mean_loss, "time": time.time() - started, **state.log}
@@ -491,19 +522,18 @@ def train(
             if save:
                 _save(cfg, data, counts, history, info, started, root, status="failed", error=message)
             raise TrainingDiverged(message)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if epoch + 1 == cfg.epochs:
             logits_np, feats_np = evaluation_logits(model, inputs, data.x_test, cfg, counts)
-            summary = evaluate(logits_np, data.y_test.numpy(), counts, **domain_args)
-            record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
-            if "per_domain_accuracy" in summary:
-                record["per_domain_accuracy"] = summary["per_domain_accuracy"]
-            record["per_class_accuracy"] = summary["per_class_accuracy"]
-            emit(Event("eval", epoch, cfg.epochs, steps, steps, record))
-        history.append(record)
-        emit(Event("epoch", epoch, cfg.epochs, steps, steps, record))
+            final = publish(record, (logits_np, feats_np))
+        elif (epoch + 1) % cfg.eval_every == 0 and background is not None:
+            background.start()  # published next epoch, once the pass is done
+            waiting = record
+        elif (epoch + 1) % cfg.eval_every == 0:
+            publish(record, evaluation_logits(model, inputs, data.x_test, cfg, counts))
+        else:
+            publish(record, None)
 
     # The last epoch is always evaluated: its logits, features and metrics are the run's final ones.
-    final = summary
     pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.y_test))[: cfg.feature_samples])
     arrays = {
         "test_logits": logits_np,

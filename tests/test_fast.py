@@ -8,6 +8,7 @@ compounded through a few dozen steps, to 2e-3.
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,25 @@ def test_captured_graphs_with_side_stream_weight_gradients_train_like_one_stream
     losses_side, losses_one = [h["loss"] for h in side.history], [h["loss"] for h in one.history]
     assert losses_side[0] == pytest.approx(eager.history[0]["loss"], rel=5e-3)
     assert losses_side == pytest.approx(losses_one, rel=1e-3 if not bf16 else 1e-2)
+
+
+@gpu
+def test_background_evaluation_sees_the_weights_of_its_epoch():
+    from ltlib.data import load_dataset
+    from ltlib.fast import BackgroundEvaluation
+    from ltlib.models import build_model
+    from ltlib.train import Inputs, predict
+
+    data = load_dataset("digits")
+    inputs = Inputs(data, torch.device("cuda"))
+    model = build_model("resnet8", data.input_shape, data.num_classes).cuda()
+    background = BackgroundEvaluation(model, inputs, data.x_test)
+    expected = [t.cpu().numpy() for t in predict(model, inputs, data.x_test)]
+    background.start()
+    with torch.no_grad():  # the next epoch changes the weights while the test pass runs
+        for p in model.parameters():
+            p.mul_(-3.0)
+    logits, feats, weight = background.result()
+    assert np.allclose(logits, expected[0], atol=1e-4) and np.allclose(feats, expected[1], atol=1e-4)
+    assert np.allclose(weight, -model.head.weight.detach().cpu().numpy() / 3, atol=1e-6)
+    assert not np.allclose(predict(model, inputs, data.x_test)[0].cpu().numpy(), logits, atol=1e-3)
