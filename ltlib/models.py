@@ -80,7 +80,9 @@ class Conv2d(nn.Conv2d):
     weight_lp: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_stream is None or not torch.is_grad_enabled() or self.bias is not None or self.groups != 1:
+        # The side-stream function covers plain convolutions (no bias, groups, dilation or padding mode).
+        plain = self.bias is None and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
+        if self.grad_stream is None or not torch.is_grad_enabled() or not plain or isinstance(self.padding, str):
             return super().forward(x)
         return _conv_side_stream_weight_grad(x, self.weight, self.stride, self.padding, self.grad_stream, self.weight_lp)
 

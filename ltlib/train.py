@@ -2,7 +2,8 @@
 
     config → data (long-tailed, on the device) → model → for each epoch: schedule hooks,
     draw indices with the sampler → for each step: augment, mix, forward, loss, backward, SGD step
-    → evaluate → events to callbacks → a run folder.
+    → evaluate (with the GPU graph engine: on a side stream, beside the next epoch's training)
+    → events to callbacks → a run folder.
 
 Speed features wrap this loop without forking it; this eager loop is the reference.
 """
