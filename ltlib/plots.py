@@ -7,6 +7,7 @@ Every function returns a ``plotly.graph_objects.Figure``; :func:`save` writes PN
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +26,9 @@ GROUP_COLOURS = {"many": "rgba(31,119,180,0.10)", "medium": "rgba(255,127,14,0.1
 FORMATS = ("png", "svg", "pdf")
 WEBGL_POINTS = 5000
 _kaleido_started = False
+# Streamlit runs each session (and each download callback) in its own thread: one export at a time
+# through kaleido's single browser process.
+_KALEIDO_LOCK = threading.Lock()
 
 
 def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
@@ -553,8 +557,8 @@ def to_bytes(fig: go.Figure, fmt: str = "png", width: int = 900, height: int = 5
     """The figure as PNG, SVG or PDF bytes."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
-    _start_kaleido()
-    with warnings.catch_warnings():
+    with _KALEIDO_LOCK, warnings.catch_warnings():
+        _start_kaleido()
         # plotly passes options that kaleido's persistent server ignores, and says so each call.
         warnings.filterwarnings("ignore", message="The kopts argument is ignored")
         return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
