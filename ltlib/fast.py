@@ -1,9 +1,10 @@
-"""The fast path: a whole epoch of training steps (gather, augment, forward, loss, backward, SGD) as one CUDA graph.
+"""The fast path: training steps (gather, augment, forward, loss, backward, SGD) replayed from CUDA graphs.
 
 Small-image training is launch-bound: a ResNet-32 step on 128 CIFAR images issues a few hundred
-tiny kernels, and the Python that launches them costs more than the GPU work. Capturing an epoch's
-steps once and replaying them removes that cost. The steps read their batch indices and the
-learning rate from fixed device buffers, so nothing is copied to or from the host inside an epoch.
+tiny kernels, and the Python that launches them costs more than the GPU work. Capturing a chunk of
+steps once and replaying it through the epoch removes that cost. The steps read their batch indices,
+their position in the epoch and the learning rate from fixed device buffers, so nothing is copied
+to or from the host inside an epoch. Test passes run on a side stream beside the next epoch.
 
 The same :class:`GraphEpoch` runs uncaptured on any device (``capture=False``); the CPU tests compare
 it step by step with the eager loop in :mod:`ltlib.train`, which stays the reference.

@@ -1,7 +1,7 @@
 """Train several configurations together: the path for method tables, seed sweeps and the app's Compare.
 
-On a GPU each run trains in its own thread on its own CUDA stream. A run's epoch is one CUDA-graph
-replay (``ltlib.fast``) launched asynchronously, so the host is free while the GPU works and the
+On a GPU each run trains in its own thread on its own CUDA stream. A run's epoch is a few CUDA-graph
+replays (``ltlib.fast``) launched asynchronously, so the host is free while the GPU works and the
 replays of different runs overlap on the device: one small ResNet leaves most of an H100 idle.
 On a CPU the runs train one after another (two cores gain nothing from overlapping them).
 Datasets are loaded once and shared; every run stays fully determined by its own config.

@@ -493,7 +493,7 @@ def train(
         ctx = mixing.MixContext(counts, generator, epoch, cfg.epochs, draw_batch, model, loss_fn, data.num_domains)
         loss_sum = fast_epoch.loss_sum if fast_epoch is not None else torch.zeros((), device=device)
         loss_sum.zero_()
-        if fast_epoch is not None:  # the whole epoch in one replay (ltlib.fast); same steps as below
+        if fast_epoch is not None:  # the epoch as CUDA-graph replays (ltlib.fast); the same steps as below
             _check_cancel(cancel)
             fast_epoch(order, lr)
         for step in range(0 if fast_epoch is not None else steps):
