@@ -21,7 +21,7 @@ import torch
 
 from ltlib import samplers
 from ltlib.losses import Loss
-from ltlib.models import Conv2d
+from ltlib.models import NORMS, Conv2d
 
 # One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
 # captures its own graph (seen with ltlib.sweep on an H100).
@@ -44,7 +44,6 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
         return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
     if any(True for _ in loss_fn.parameters()):
         return f"loss {cfg.loss!r} has trainable layers; the graph step updates only the model's parameters"
-    from ltlib.models import NORMS
     from ltlib.schedules import SCHEDULES
 
     why = getattr(NORMS.get(cfg.norm).obj, "not_graph_capturable", None)
