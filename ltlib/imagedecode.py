@@ -29,11 +29,14 @@ def decode_one(name: str, blob: bytes) -> np.ndarray:
         raise ValueError(f"corrupt image file {name!r}: {e}") from None
 
 
-def stack(images: list[np.ndarray]) -> np.ndarray:
-    """Stack decoded images, or explain that they differ in size."""
-    shapes = {im.shape for im in images}
+def _check_one_size(shapes: set[tuple[int, ...]]) -> None:
     if len(shapes) > 1:
         raise ValueError(f"images differ in size ({sorted(shapes)[:3]} …); resize them to one size first")
+
+
+def stack(images: list[np.ndarray]) -> np.ndarray:
+    """Stack decoded images, or explain that they differ in size."""
+    _check_one_size({im.shape for im in images})
     return np.stack(images)
 
 
@@ -70,9 +73,8 @@ def decode_all(items: list[tuple[str, bytes]], workers: int | None = None, min_f
 
 
 def stack_chunks(parts: list[np.ndarray]) -> np.ndarray:
-    shapes = {p.shape[1:] for p in parts}
-    if len(shapes) > 1:
-        raise ValueError(f"images differ in size ({sorted(shapes)[:3]} …); resize them to one size first")
+    """Join the workers' stacks (each already of one size), or explain that they differ."""
+    _check_one_size({p.shape[1:] for p in parts})
     return np.concatenate(parts)
 
 

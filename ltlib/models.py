@@ -79,10 +79,18 @@ class Conv2d(nn.Conv2d):
     grad_stream: torch.cuda.Stream | None = None
     weight_lp: torch.Tensor | None = None
 
+    def _plain(self) -> bool:
+        """The side-stream function covers plain convolutions (no bias, groups, dilation, padding mode or string padding)."""
+        return (
+            self.bias is None
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The side-stream function covers plain convolutions (no bias, groups, dilation or padding mode).
-        plain = self.bias is None and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
-        if self.grad_stream is None or not torch.is_grad_enabled() or not plain or isinstance(self.padding, str):
+        if self.grad_stream is None or not torch.is_grad_enabled() or not self._plain():
             return super().forward(x)
         return _conv_side_stream_weight_grad(x, self.weight, self.stride, self.padding, self.grad_stream, self.weight_lp)
 

@@ -10,6 +10,7 @@ Speed features wrap this loop without forking it; this eager loop is the referen
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -290,11 +291,9 @@ def evaluation_logits(
     model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, cfg: Config, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Test logits with the config's post-hoc adjustments (τ-norm, logit adjustment), and features."""
-    if cfg.compile and inputs.device.type == "cuda":
-        # Only the training step is compiled: an eval-mode compile would add its warm-up to the run.
-        with torch.compiler.set_stance("force_eager"):
-            logits, feats = predict(model, inputs, x)
-    else:
+    # Only the training step is compiled: an eval-mode compile would add its warm-up to the run.
+    eager = torch.compiler.set_stance("force_eager") if cfg.compile and inputs.device.type == "cuda" else contextlib.nullcontext()
+    with eager:
         logits, feats = predict(model, inputs, x)
     weight = model.head.weight.detach().float().cpu().numpy() if cfg.tau_norm is not None else None
     return adjusted_logits(logits.cpu().numpy(), feats.cpu().numpy(), weight, cfg, counts)
