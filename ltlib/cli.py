@@ -115,7 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = grid(config_from_args(args), axes)
     print(f"training {len(configs)} run(s) together", file=sys.stderr)
     done = lambda i, e: e.kind == "end" and print(f"  finished {i + 1}/{len(configs)}: {e.data['run_id']}", file=sys.stderr)  # noqa: E731
-    results = train_many(configs, callbacks=[done], root=args.out)
+    results = train_many(configs, callbacks=[done], root=args.out, stack=not args.no_stack)
     args.runs = [r.run_id for r in results]
     return cmd_compare(args)
 
@@ -212,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--preset", help="start from a named preset")
     w.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
     w.add_argument("--grid", type=_key_value, action="append", metavar="FIELD=V1,V2", help="values of a config field (repeatable)")
+    w.add_argument("--no-stack", action="store_true", help="on a GPU, train each run on its own stream instead of in model-stacks")
     _add_config_flags(w)
     w.set_defaults(func=cmd_sweep)
     r = sub.add_parser("runs", help="list saved runs")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ import torch
 from ltlib import samplers
 from ltlib.losses import Loss
 from ltlib.models import NORMS, Conv2d
+from ltlib.stack import stack_channels
 
 # One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
 # captures its own graph (seen with ltlib.sweep on an H100).
@@ -55,6 +58,18 @@ def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
     return None
 
 
+@dataclass
+class Member:
+    """One run's share of a :class:`GraphEpoch`: its data, augmentation generator, head and loss."""
+
+    loss_fn: Loss
+    head: torch.nn.Module
+    inputs: Any  # ltlib.train.Inputs: uint8 images → normalised, augmented float batches
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    generator: torch.Generator
+
+
 class GraphEpoch:
     """One epoch of training steps over an index order, replayed from CUDA graphs.
 
@@ -64,20 +79,28 @@ class GraphEpoch:
     traces each captured step in Python). The epoch's remaining steps, the last smaller batch
     included, are a second graph.
 
+    With several ``members`` the ``backbone`` is a model-stack (``ltlib.stack``): each member draws
+    its own batch from its own order, the batches go through the stack side by side, and each
+    member's slice of the features goes through its own head and loss. The members' losses are
+    summed for one backward pass (no parameter is shared, so each model gets its own gradient).
+
     SGD (momentum, weight decay, optional Nesterov) is written with foreach ops and a learning-rate
     tensor so the update lives inside the graph; it computes what ``torch.optim.SGD`` computes (its
     momentum buffer starts at the first gradient, as zeros + g does here).
     """
 
-    def __init__(self, model, loss_fn, inputs, x_train, y_train, batch_size, generator, cfg, use_bf16, capture: bool = True) -> None:
-        from ltlib.train import batch_loss  # the same forward + loss as the eager loop
-
-        self.batch_loss = batch_loss
-        self.model, self.loss_fn, self.inputs = model, loss_fn, inputs
-        self.x_train, self.y_train, self.generator = x_train, y_train, generator
+    def __init__(
+        self, backbone: torch.nn.Module, members: list[Member], batch_size: int, cfg, use_bf16: bool, capture: bool = True
+    ) -> None:
+        self.backbone, self.members = backbone, members
+        # Everything the step trains, and whose state the warm-up must leave as it found it.
+        self.network = torch.nn.ModuleList([backbone, *(m.head for m in members)])
         self.use_bf16 = use_bf16
-        n, dev = len(y_train), y_train.device
-        self.order = torch.zeros(n, dtype=torch.long, device=dev)
+        sizes = {len(m.y_train) for m in members}
+        if len(sizes) > 1:
+            raise ValueError(f"the members of one graph epoch need training sets of one size; got sizes {sorted(sizes)}")
+        n, dev = sizes.pop(), members[0].y_train.device
+        self.orders = [torch.zeros(n, dtype=torch.long, device=dev) for _ in members]
         self.offset = torch.zeros((), dtype=torch.long, device=dev)
         full, tail = divmod(n, batch_size)
         k = min(STEPS_PER_GRAPH, full)
@@ -86,16 +109,16 @@ class GraphEpoch:
         self.rest = [batch_size] * rest + ([tail] if tail else [])  # once per epoch
         self.positions = {size: torch.arange(size, device=dev) for size in {batch_size, tail} if size}
         self.lr = torch.tensor(cfg.lr, device=dev)
-        self.loss_sum = torch.zeros((), device=dev)
+        self.loss_sums = torch.zeros(len(members), device=dev)  # per member, summed over the epoch's steps
         self.momentum, self.weight_decay, self.nesterov = cfg.momentum, cfg.weight_decay, cfg.nesterov
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.buffers = [torch.zeros_like(p) for p in self.params]
         self.graphs: list[tuple[torch.cuda.CUDAGraph, int]] = []  # (graph, replays per epoch)
         self.warm_up_seconds = 0.0  # cuDNN autotuning and, with torch.compile, compilation
         # In the captured graph the convolutions' weight gradients run on a side stream, beside the
         # backward chain of input gradients (models.Conv2d); the update waits for them.
         # (A model without such convolutions must not wait for a stream that has no work in the capture.)
-        self.convs = [m for m in model.modules() if isinstance(m, Conv2d)] if capture and SIDE_STREAM_WEIGHT_GRADS else []
+        self.convs = [m for m in self.network.modules() if isinstance(m, Conv2d)] if capture and SIDE_STREAM_WEIGHT_GRADS else []
         self.grad_stream = torch.cuda.Stream(dev) if self.convs else None
         # ... and read bf16 copies of their weights, refreshed by the update in one foreach copy,
         # instead of casting each weight in the forward pass.
@@ -103,12 +126,30 @@ class GraphEpoch:
         if capture:
             self._capture()
 
-    def _step(self, size: int) -> None:
-        idx = self.order[self.offset + self.positions[size]]
+    @property
+    def loss_sum(self) -> torch.Tensor:
+        """The first member's summed loss of the epoch (a view: zero it before the epoch)."""
+        return self.loss_sums[0]
+
+    def _losses(self, size: int) -> list[torch.Tensor]:
+        """Each member's loss on its next batch: the forward pass and loss of ``ltlib.train.batch_loss``."""
+        position = self.offset + self.positions[size]
+        xs, ys = [], []
+        for m, order in zip(self.members, self.orders):
+            idx = order[position]
+            xs.append(m.inputs(m.x_train[idx], m.generator))
+            ys.append(m.y_train[idx])
         self.offset.add_(size)
-        x = self.inputs(self.x_train[idx], self.generator)
-        loss = self.batch_loss(self.model, self.loss_fn, x, self.y_train[idx], None, None, self.use_bf16)
-        grads = torch.autograd.grad(loss, self.params)
+        # No autocast weight cache: it would hold tensors across CUDA-graph replays.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16, cache_enabled=False):
+            feats = self.backbone(xs[0] if len(xs) == 1 else stack_channels(xs))
+            parts = feats.unflatten(1, (len(xs), -1)).unbind(1) if len(xs) > 1 else (feats,)
+            logits = [m.head(f) for m, f in zip(self.members, parts)]
+        return [m.loss_fn(z, y) for m, z, y in zip(self.members, logits, ys)]
+
+    def _step(self, size: int) -> None:
+        losses = torch.stack(self._losses(size))
+        grads = torch.autograd.grad(losses.sum(), self.params)
         if self.grad_stream is not None:
             torch.cuda.current_stream().wait_stream(self.grad_stream)
         with torch.no_grad():
@@ -119,7 +160,7 @@ class GraphEpoch:
             direction = torch._foreach_add(grads, self.buffers, alpha=self.momentum) if self.nesterov else self.buffers
             torch._foreach_sub_(self.params, torch._foreach_mul(direction, self.lr))
             self._refresh_low_precision()
-            self.loss_sum.add_(loss.detach())
+            self.loss_sums.add_(losses.detach())
 
     @torch.no_grad()
     def _refresh_low_precision(self) -> None:
@@ -129,10 +170,10 @@ class GraphEpoch:
     def _capture(self) -> None:
         # Warm-up and capture train for a few steps: their effect on the weights, the momentum
         # buffers and the BN statistics is undone afterwards.
-        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        state = {k: v.clone() for k, v in self.network.state_dict().items()}
         # While capturing: weight gradients on the side stream, bf16 weight copies, and no BN batch
         # counter (31 tiny kernels a step; with a fixed momentum nothing reads it).
-        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+        norms = [m for m in self.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
         counters = [m.num_batches_tracked for m in norms]
         with _CAPTURE_LOCK:
             try:
@@ -148,17 +189,18 @@ class GraphEpoch:
                 for m, counter in zip(norms, counters):
                     m.num_batches_tracked = counter
         with torch.no_grad():
-            self.model.load_state_dict(state)
+            self.network.load_state_dict(state)
             for b in self.buffers:
                 b.zero_()
         self._refresh_low_precision()
-        self.loss_sum.zero_()
+        self.loss_sums.zero_()
 
     def _warm_up_and_capture(self) -> None:
         # Warm up each batch shape on a side stream (cuDNN picks algorithms, Inductor compiles,
         # autograd builds its caches), then capture the chunk of steps and the rest of the epoch.
         started = time.perf_counter()
-        self.order.copy_(torch.randperm(len(self.order), device=self.order.device))
+        for order in self.orders:
+            order.copy_(torch.randperm(len(order), device=order.device))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -174,7 +216,8 @@ class GraphEpoch:
             if not steps:
                 continue
             graph = torch.cuda.CUDAGraph()
-            graph.register_generator_state(self.generator)
+            for m in self.members:
+                graph.register_generator_state(m.generator)
             self.offset.zero_()
             # thread_local: other runs (ltlib.sweep) may launch small set-up work on their own streams meanwhile.
             with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
@@ -184,8 +227,12 @@ class GraphEpoch:
             self.graphs.append((graph, replays))
 
     def __call__(self, order: torch.Tensor, lr: float) -> None:
-        """Train one epoch over ``order`` (a device tensor of training indices) at learning rate ``lr``."""
-        self.order.copy_(order, non_blocking=True)
+        """Train one epoch of a single member over ``order`` (a device tensor of training indices) at learning rate ``lr``."""
+        self.orders[0].copy_(order, non_blocking=True)
+        self.run(lr)
+
+    def run(self, lr: float) -> None:
+        """Train one epoch over the members' orders (already in ``orders``) at learning rate ``lr``."""
         self.lr.fill_(lr)
         self.offset.zero_()
         if not self.graphs:

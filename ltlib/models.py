@@ -35,22 +35,22 @@ class _ConvSideStreamWeightGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, stream, weight_lp):
+    def forward(ctx, x, weight, stride, padding, groups, stream, weight_lp):
         # Same casts as autocast would make; the convolution then runs on the cast tensors.
         # ``weight_lp`` is a low-precision copy the optimiser keeps current (one cast kernel fewer).
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
         xc = x.to(dtype)
         wc = weight_lp if weight_lp is not None and weight_lp.dtype == dtype else weight.to(dtype)
         ctx.save_for_backward(xc, wc)
-        ctx.conf = (stride, padding, stream, x.dtype, weight.dtype)
+        ctx.conf = (stride, padding, groups, stream, x.dtype, weight.dtype)
         with torch.autocast("cuda", enabled=False):
-            return F.conv2d(xc, wc, None, stride, padding)
+            return F.conv2d(xc, wc, None, stride, padding, 1, groups)
 
     @staticmethod
     def backward(ctx, grad):
         xc, wc = ctx.saved_tensors
-        stride, padding, stream, x_dtype, w_dtype = ctx.conf
-        args = (None, stride, padding, (1, 1), False, (0, 0), 1)
+        stride, padding, groups, stream, x_dtype, w_dtype = ctx.conf
+        args = (None, stride, padding, (1, 1), False, (0, 0), groups)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             grad_w = torch.ops.aten.convolution_backward(grad, xc, wc, *args, (False, True, False))[1].to(w_dtype)
@@ -60,14 +60,14 @@ class _ConvSideStreamWeightGrad(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(grad, xc, wc, *args, (True, False, False))[0].to(x_dtype)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 # torch.compile cannot trace the stream switch: this call stays outside the compiled regions
 # (torch._disable_dynamo imports dynamo only when first called, i.e. only on this GPU path).
 @torch._disable_dynamo
-def _conv_side_stream_weight_grad(x, weight, stride, padding, stream, weight_lp):
-    return _ConvSideStreamWeightGrad.apply(x, weight, stride, padding, stream, weight_lp)
+def _conv_side_stream_weight_grad(x, weight, stride, padding, groups, stream, weight_lp):
+    return _ConvSideStreamWeightGrad.apply(x, weight, stride, padding, groups, stream, weight_lp)
 
 
 class Conv2d(nn.Conv2d):
@@ -80,19 +80,13 @@ class Conv2d(nn.Conv2d):
     weight_lp: torch.Tensor | None = None
 
     def _plain(self) -> bool:
-        """The side-stream function covers plain convolutions (no bias, groups, dilation, padding mode or string padding)."""
-        return (
-            self.bias is None
-            and self.groups == 1
-            and self.dilation == (1, 1)
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-        )
+        """The side-stream function covers plain and grouped convolutions (no bias, dilation, padding mode or string padding)."""
+        return self.bias is None and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_stream is None or not torch.is_grad_enabled() or not self._plain():
             return super().forward(x)
-        return _conv_side_stream_weight_grad(x, self.weight, self.stride, self.padding, self.grad_stream, self.weight_lp)
+        return _conv_side_stream_weight_grad(x, self.weight, self.stride, self.padding, self.groups, self.grad_stream, self.weight_lp)
 
 
 @HEADS.register("linear", paper="the usual fully-connected classifier")
@@ -506,7 +500,13 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", no
 
 
 class BasicBlock(nn.Module):
-    """He et al. 2016 CIFAR block; shortcut option A (subsample + zero-pad channels), as in LDAM's code."""
+    """He et al. 2016 CIFAR block; shortcut option A (subsample + zero-pad channels), as in LDAM's code.
+
+    ``stack`` > 1: the block holds that many models side by side (``ltlib.stack``), and each model's
+    block of channels is padded on its own.
+    """
+
+    stack = 1
 
     def __init__(self, cin: int, cout: int, stride: int, norm: Norm) -> None:
         super().__init__()
@@ -519,8 +519,13 @@ class BasicBlock(nn.Module):
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1 and self.pad == 0:
             return x
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        sub = x[:, :, :: self.stride, :: self.stride]
+        pad = (self.pad // 2, self.pad - self.pad // 2)
+        if self.stack == 1:
+            return F.pad(sub, (0, 0, 0, 0, *pad))
+        if x.is_contiguous(memory_format=torch.channels_last):  # pad the last dimension of the (B, H, W, K·C) memory
+            return F.pad(sub.permute(0, 2, 3, 1).unflatten(3, (self.stack, -1)), pad).flatten(3).permute(0, 3, 1, 2)
+        return F.pad(sub.unflatten(1, (self.stack, -1)), (0, 0, 0, 0, *pad)).flatten(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

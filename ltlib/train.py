@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,10 +26,13 @@ import torch
 from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.calibration import Outputs, adjust
 from ltlib.data import DATASETS, Dataset, load_dataset, make_long_tailed, random_crop_flip
-from ltlib.fast import BackgroundEvaluation, GraphEpoch, unsupported_reason
+from ltlib.fast import BackgroundEvaluation, GraphEpoch, Member, unsupported_reason
 from ltlib.metrics import evaluate
 from ltlib.models import MODELS, NORMS, auto_model, build_model
 from ltlib.runs import new_run_id, save_run
+
+if TYPE_CHECKING:
+    from ltlib.sweep import Seat
 
 
 @dataclass
@@ -368,8 +371,13 @@ def train(
     dataset: Dataset | None = None,
     save: bool = True,
     root: str | Path | None = None,
+    stack: Seat | None = None,
 ) -> Result:
-    """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``)."""
+    """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``).
+
+    ``stack``: this run's seat at an ``ltlib.sweep.Stacker``; with the graph engine the run then
+    trains in a model-stack with the sweep's other runs of the same shape.
+    """
     cfg.validate()
     cfg, val_note = with_validation_split(cfg)
     callbacks = list(callbacks)
@@ -443,9 +451,14 @@ def train(
     fast_epoch = None
     setup_started = time.time()
     if engine == "graph":
-        fast_epoch = GraphEpoch(
-            model, loss_fn, inputs, x_train, y_train, cfg.batch_size, generator, cfg, use_bf16, capture=device.type == "cuda"
-        )
+        member = Member(loss_fn, model.head, inputs, x_train, y_train, generator)
+        if stack is not None:
+            fast_epoch = stack.join(model, member, cfg, use_bf16)
+            engine_note += fast_epoch.note
+        else:
+            fast_epoch = GraphEpoch(model.backbone, [member], cfg.batch_size, cfg, use_bf16, capture=device.type == "cuda")
+    elif stack is not None:
+        stack.leave()
     history: list[dict[str, Any]] = []
     domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}

@@ -1,4 +1,7 @@
+from dataclasses import replace
+
 import pytest
+import torch
 
 from ltlib.cli import main
 from ltlib.presets import preset
@@ -31,3 +34,46 @@ def test_sweep_cli_trains_the_grid_and_compares(capsys):
     assert len(list_runs()) == 4
     assert "balanced_softmax" in capsys.readouterr().out
     assert main(["sweep", "--preset", "digits-quick", "--grid", "colour=red"]) == 2
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+        ),
+    ],
+)
+def test_stacked_runs_train_like_runs_alone(device, monkeypatch):
+    """Graph-engine runs of one shape train as a model-stack (grouped convolutions, one graph epoch);
+    each run's losses and accuracy match the same config trained alone (up to float rounding: the
+    grouped convolutions sum in another order), and the mixup run, which cannot stack, trains beside it.
+    On a GPU: captured graphs, float32 without TF32 (whose noise compounds)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    base = preset(
+        "digits-quick", epochs=3, imbalance=10, lr=0.02, model="resnet8", batch_size=40, engine="graph", device=device, bf16=False
+    )
+    configs = [
+        base,
+        replace(base, loss="balanced_softmax", seed=1),
+        replace(base, sampler="class_balanced", seed=2),
+        replace(base, mixing="mixup"),
+    ]
+    together = train_many(configs, save=False, concurrent=True)
+    alone = [train(c, save=False) for c in configs]
+    for t, a in zip(together, alone):
+        losses_t, losses_a = [h["loss"] for h in t.history], [h["loss"] for h in a.history]
+        assert losses_t[0] == pytest.approx(losses_a[0], rel=1e-5)
+        assert losses_t == pytest.approx(losses_a, rel=5e-3)
+        assert t.eval["balanced_accuracy"] == pytest.approx(a.eval["balanced_accuracy"], abs=0.02)
+
+
+def test_stacked_runs_record_their_stack(isolated_home):
+    from ltlib.runs import load_run
+
+    base = preset("digits-quick", epochs=1, model="resnet8", engine="graph", device="cpu")
+    results = train_many([base, replace(base, seed=1), replace(base, model="cnn")], concurrent=True)
+    notes = [load_run(r.run_id).meta["engine_note"] for r in results]
+    assert notes[:2] == ["graph step, uncaptured on CPU, one model-stack with 1 other run"] * 2
+    assert "stack" not in notes[2]
