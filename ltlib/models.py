@@ -502,11 +502,9 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", no
 class BasicBlock(nn.Module):
     """He et al. 2016 CIFAR block; shortcut option A (subsample + zero-pad channels), as in LDAM's code.
 
-    ``stack`` > 1: the block holds that many models side by side (``ltlib.stack``), and each model's
-    block of channels is padded on its own.
+    In a model-stack (``ltlib.stack``) the buffer ``embed`` holds the shortcut as a fixed 1×1
+    convolution that subsamples and pads each model's block of channels on its own.
     """
-
-    stack = 1
 
     def __init__(self, cin: int, cout: int, stride: int, norm: Norm) -> None:
         super().__init__()
@@ -515,17 +513,16 @@ class BasicBlock(nn.Module):
         self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = make_norm(norm, cout)
         self.stride, self.pad = stride, cout - cin
+        self.embed: torch.Tensor | None
+        self.register_buffer("embed", None, persistent=False)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1 and self.pad == 0:
             return x
-        sub = x[:, :, :: self.stride, :: self.stride]
-        pad = (self.pad // 2, self.pad - self.pad // 2)
-        if self.stack == 1:
-            return F.pad(sub, (0, 0, 0, 0, *pad))
-        if x.is_contiguous(memory_format=torch.channels_last):  # pad the last dimension of the (B, H, W, K·C) memory
-            return F.pad(sub.permute(0, 2, 3, 1).unflatten(3, (self.stack, -1)), pad).flatten(3).permute(0, 3, 1, 2)
-        return F.pad(sub.unflatten(1, (self.stack, -1)), (0, 0, 0, 0, *pad)).flatten(1, 2)
+        if self.embed is not None:
+            return F.conv2d(x, self.embed, stride=self.stride)
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -5,16 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from ltlib.models import BasicBlock, build_model
-from ltlib.stack import copy_pairs, stack_backbones, stack_channels, stack_reason
+from ltlib.stack import BlockDiagonalConv2d, copy_pairs, stack_backbones, stack_channels, stack_reason
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_stacked_shortcut_pads_each_model_on_its_own(channels_last):
-    block = BasicBlock(16, 32, 2, "batchnorm")
-    block.stack = 3
+    block = stack_backbones([BasicBlock(16, 32, 2, "batchnorm") for _ in range(3)])
     x = torch.randn(4, 48, 8, 8)
     expected = torch.cat([F.pad(part[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8)) for part in x.chunk(3, dim=1)], dim=1)
-    out = block.shortcut(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    out = block.shortcut(x)
     assert torch.equal(out, expected)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
@@ -45,9 +46,19 @@ def test_copy_pairs_return_each_models_share_of_the_stack():
         for p in stacked.parameters():
             p.add_(1.0)
         torch._foreach_copy_(*reversed(copy_pairs(stacked, [m.backbone for m in models])))
-    stacked_conv = stacked.conv.weight
-    assert torch.equal(models[1].backbone.conv.weight, stacked_conv[16:])
+    assert torch.equal(models[1].backbone.conv.weight, stacked.conv.weight[16:, 3:])  # the stem: block-diagonal
+    assert torch.equal(models[1].backbone.blocks[0].conv1.weight, stacked.blocks[0].conv1.weight[16:])  # grouped
     assert torch.equal(models[0].backbone.bn.bias, stacked.bn.bias[:16])
+
+
+def test_block_diagonal_weights_stay_zero_off_the_diagonal():
+    stacked = stack_backbones([build_model("resnet8", (3, 32, 32), 10).backbone for _ in range(3)])
+    stem = stacked.conv
+    assert isinstance(stem, BlockDiagonalConv2d) and isinstance(stacked.blocks[1].conv1, BlockDiagonalConv2d)  # stem, stride 2
+    stacked(torch.randn(4, 9, 32, 32)).square().sum().backward()
+    off = stem.mask == 0
+    assert off.any() and not stem.weight[off.expand_as(stem.weight)].any()
+    assert not stem.weight.grad[off.expand_as(stem.weight)].any() and stem.weight.grad.abs().sum() > 0
 
 
 def test_models_without_a_stacked_form_are_named():

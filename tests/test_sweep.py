@@ -30,7 +30,8 @@ def test_a_bad_config_fails_before_any_run(isolated_home):
 
 
 def test_sweep_cli_trains_the_grid_and_compares(capsys):
-    assert main(["sweep", "--preset", "digits-quick", "--epochs", "2", "--grid", "loss=ce,balanced_softmax", "--grid", "seed=0,1"]) == 0
+    argv = ["sweep", "--preset", "digits-quick", "--epochs", "2", "--grid", "loss=ce,balanced_softmax", "--grid", "seed=0,1", "--no-stack"]
+    assert main(argv) == 0
     assert len(list_runs()) == 4
     assert "balanced_softmax" in capsys.readouterr().out
     assert main(["sweep", "--preset", "digits-quick", "--grid", "colour=red"]) == 2
