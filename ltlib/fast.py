@@ -5,6 +5,8 @@ tiny kernels, and the Python that launches them costs more than the GPU work. Ca
 steps once and replaying it through the epoch removes that cost. The steps read their batch indices,
 their position in the epoch and the learning rate from fixed device buffers, so nothing is copied
 to or from the host inside an epoch. Test passes run on a side stream beside the next epoch.
+One graph epoch can also train several runs at once as a model-stack (``ltlib.stack``, used by
+``ltlib.sweep``): each run is a :class:`Member` with its own data order, augmentation and loss.
 
 The same :class:`GraphEpoch` runs uncaptured on any device (``capture=False``); the CPU tests compare
 it step by step with the eager loop in :mod:`ltlib.train`, which stays the reference.
