@@ -20,14 +20,16 @@ from torch import nn
 
 from ltlib.models import BasicBlock, CifarResNet, Conv2d
 
-# Layers that act on each channel alone (or only reshape): the same layer serves the stack.
-_PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Sequential, CifarResNet)
+# Layers with a stacked form (convolutions, batch norm, blocks), and layers that act on each channel
+# alone or only reshape (the same layer serves the stack).
+_STACKABLE = (Conv2d, nn.Conv2d, nn.BatchNorm2d, BasicBlock, CifarResNet, nn.Sequential)
+_STACKABLE += (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
 
 
 def stack_reason(backbone: nn.Module) -> str | None:
     """Why this backbone cannot be stacked (None when it can)."""
     for name, m in backbone.named_modules():
-        if type(m) in (Conv2d, nn.Conv2d, nn.BatchNorm2d, BasicBlock) or type(m) in _PER_CHANNEL:
+        if type(m) in _STACKABLE:
             continue
         return f"layer {name or 'backbone'} ({type(m).__name__}) has no stacked form (convolutions, batch norm, ReLU and pooling have)"
     return None
