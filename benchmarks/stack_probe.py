@@ -20,10 +20,10 @@ from ltlib.stack import stack_backbones
 from ltlib.train import Inputs, prepare_data
 
 
-def members(ds, k: int, channels_last: bool, seed0: int = 0):
+def members(ds, k: int, channels_last: bool, seed0: int = 0, batch_size: int | None = None):
     out = []
     for seed in range(seed0, seed0 + k):
-        cfg = preset("cifar10-lt", seed=seed)
+        cfg = preset("cifar10-lt", seed=seed, **({"batch_size": batch_size} if batch_size else {}))
         data = prepare_data(cfg, ds)
         inputs = Inputs(data, torch.device("cuda"))
         inputs.channels_last = channels_last
@@ -37,8 +37,10 @@ def members(ds, k: int, channels_last: bool, seed0: int = 0):
     return cfg, out
 
 
-def build(ds, k: int, channels_last: bool = True, compile: bool = False, seed0: int = 0, capture: bool = True) -> GraphEpoch:
-    cfg, ms = members(ds, k, channels_last, seed0)
+def build(
+    ds, k: int, channels_last: bool = True, compile: bool = False, seed0: int = 0, capture: bool = True, batch_size: int | None = None
+) -> GraphEpoch:
+    cfg, ms = members(ds, k, channels_last, seed0, batch_size)
     backbone = ms[0][0].backbone if k == 1 else stack_backbones([m.backbone for m, _ in ms])
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
