@@ -91,8 +91,6 @@ def conv_rows() -> None:
             best["forward"] = min(best.get("forward", 9), fwd)
             best["input grad"] = min(best.get("input grad", 9), dgr)
         for bm, warps, chunk in itertools.product((64, 128, 256), (4, 8), (1024, 4096, 16384)):
-            if chunk < bm:
-                continue
             f = partial(gconv.conv3x3_weight_grad, x, dy, K, chunk=chunk, block_m=bm, num_warps=warps)
             wgr, err = graph_ms(f), rel_err(f(), ref_dw)
             print(f"triton wgrad block_m={bm:3d} warps={warps} chunk={chunk:5d}: {wgr:.4f} ms  rel err {err:.1e}")
