@@ -17,36 +17,22 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from ltlib import losses, mixing, optim, plots, samplers, schedules
+from ltlib import plots
+from ltlib.config import Config
 from ltlib.data import DATASETS, cache_dir
+from ltlib.families import METHOD_FAMILIES, unmet_data_needs
 from ltlib.models import MODELS, NORMS
-from ltlib.registry import Registry
+from ltlib.registry import Interval, Param, Registry
 from ltlib.runs import Run, list_runs, load_run
-from ltlib.train import Cancelled, Config, Event, TrainingDiverged, train
+from ltlib.train import Cancelled, Event, TrainingDiverged, train
 
-# Method families shown as toggles, read from the registries so new methods appear by themselves.
-FAMILIES: dict[str, Registry] = {
-    "loss": losses.LOSSES,
-    "sampler": samplers.SAMPLERS,
-    "mixing": mixing.MIXING,
-    "schedule": schedules.SCHEDULES,
-    "optimizer": optim.OPTIMIZERS,
-}
-# What a dataset can offer a method that declares ``needs=(...)``; other needs are met by the method itself.
-DATA_NEEDS = ("images", "domains")
-
+# Method families shown as toggles: the library's catalogue, so new methods appear by themselves.
+FAMILIES: dict[str, Registry] = {f.name: f.registry for f in METHOD_FAMILIES}
+# The settings a page shares (and a link carries), with the defaults of ``Config``.
+_CONFIG = Config()
 DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "imbalance": 100.0,
-    "profile": "exp",
-    "seed": 0,
-    "loss": "ce",
-    "sampler": "instance",
-    "mixing": "none",
-    "schedule": "none",
-    "optimizer": "sgd",
-    "model": "auto",
-    "norm": "batchnorm",
+    **{k: getattr(_CONFIG, k) for k in ("dataset", "imbalance", "profile", "seed", "model", "norm")},
+    **{name: getattr(_CONFIG, name) for name in FAMILIES},
     "runs": [],
 }
 NUMBERS = {"imbalance": float, "seed": int}
@@ -143,18 +129,13 @@ def load_base(name: str, params: tuple[tuple[str, Any], ...] = ()) -> Any:
     return load_dataset(name, **dict(params))
 
 
-def data_capabilities(data: Any) -> set[str]:
-    """What the dataset offers to methods that declare ``needs``."""
-    caps = set()
-    if data.is_image:
-        caps.add("images")
-    if data.domains_train is not None:
-        caps.add("domains")
-    return caps
+def data_capabilities(dataset: str) -> frozenset[str]:
+    """What a registered dataset offers to methods that need images or domains (its declared traits)."""
+    return DATASETS.get(dataset).traits
 
 
-def unmet_needs(registry: Registry, name: str, caps: set[str]) -> list[str]:
-    return [n for n in registry.get(name).needs if n in DATA_NEEDS and n not in caps]
+def unmet_needs(registry: Registry, name: str, caps: frozenset[str] | set[str]) -> list[str]:
+    return unmet_data_needs(registry.get(name), caps)
 
 
 def method_label(registry: Registry, caps: set[str]) -> Any:
@@ -172,22 +153,36 @@ def method_help(registry: Registry) -> str:
 
 
 def method_params(registry: Registry, name: str, key: str, where: Any = st) -> dict[str, Any]:
-    """Inputs for a method's keyword parameters (from its signature); returns those changed from the default."""
+    """Inputs for a method's parameters, typed and bounded by its registry entry; returns those changed from the default."""
     out: dict[str, Any] = {}
-    for pname, default in registry.get(name).defaults.items():
-        wkey = f"p_{key}_{name}_{pname}"
-        if isinstance(default, bool):
-            value = where.checkbox(pname, value=default, key=wkey)
-        elif isinstance(default, int):
-            value = int(where.number_input(pname, value=default, step=1, key=wkey))
-        elif isinstance(default, float):
-            value = float(where.number_input(pname, value=default, format="%g", key=wkey))
-        else:
-            text = where.text_input(pname, value="" if default is None else str(default), key=wkey, help="empty = default")
-            value = default if text == ("" if default is None else str(default)) else _parse(text)
-        if value != default:
-            out[pname] = value
+    for param in registry.get(name).params.values():
+        value = param_input(param, f"p_{key}_{name}_{param.name}", where)
+        if value != param.default:
+            out[param.name] = value
     return out
+
+
+def param_input(param: Param, wkey: str, where: Any = st) -> Any:
+    """One widget for ``param``: a checkbox, a choice, a bounded number or a text box (lists, optional values)."""
+    default, tip = param.default, f"allowed: {param.allowed()}"
+    bounds = [c for c in param.constraints if isinstance(c, Interval)]
+    low = bounds[0].low if bounds and bounds[0].closed in ("both", "left") else None
+    high = bounds[0].high if bounds and bounds[0].closed in ("both", "right") else None
+    if param.options is not None:
+        return where.selectbox(param.name, list(param.options), index=list(param.options).index(default), key=wkey, help=tip)
+    if param.kind is bool and default is not None:
+        return where.checkbox(param.name, value=default, key=wkey, help=tip)
+    if param.kind is int and default is not None:
+        lo, hi = (None if v is None else int(v) for v in (low, high))
+        return int(where.number_input(param.name, value=default, min_value=lo, max_value=hi, step=1, key=wkey, help=tip))
+    if param.kind is float and default is not None:
+        lo, hi = (None if v is None else float(v) for v in (low, high))
+        return float(where.number_input(param.name, value=float(default), min_value=lo, max_value=hi, format="%g", key=wkey, help=tip))
+    shown = "" if default is None else ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    text = where.text_input(param.name, value=shown, key=wkey, help=f"{tip}; empty = default")
+    if text == shown:
+        return default
+    return [_parse(v.strip()) for v in text.split(",") if v.strip()] if param.kind is list else _parse(text)
 
 
 def _parse(text: str) -> Any:

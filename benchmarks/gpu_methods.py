@@ -17,28 +17,30 @@ import json
 import time
 
 import numpy as np
-from zoo import FAMILIES  # the registry of each family, shared with the digits tables (same folder)
 
 from ltlib.data import load_dataset
+from ltlib.families import METHOD_FAMILIES, family
 from ltlib.presets import preset
 from ltlib.train import train
 
-# Entries that only work as a pair.
-PAIRED = {("model", "bbn"): {"mixing": "bbn"}, ("mixing", "bbn"): {"model": "bbn"}}
+# BBN's model and mixing only work as a pair (the "bbn model" trait).
+BBN = {"model": "bbn", "mixing": "bbn"}
+FAMILY_NAMES = [f.name for f in METHOD_FAMILIES] + ["model", "norm"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--families", nargs="*", default=FAMILY_NAMES, choices=FAMILY_NAMES)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--json", help="append one JSON line per row to this file")
     args = p.parse_args()
     data = load_dataset("cifar10")
     print("| family | method | engine | note | s/epoch | balanced acc |\n|---|---|---|---|---|---|", flush=True)
-    for family in args.families:
-        field, registry = FAMILIES[family]
-        for name in registry.available():
-            cfg = preset("cifar10-lt", epochs=args.epochs, eval_every=args.epochs, **{field: name}, **PAIRED.get((field, name), {}))
+    for name_of_family in args.families:
+        for entry in family(name_of_family).registry.entries():
+            name = entry.name
+            pair = BBN if "bbn model" in entry.traits or (name_of_family, name) == ("model", "bbn") else {}
+            cfg = preset("cifar10-lt", epochs=args.epochs, eval_every=args.epochs, **{name_of_family: name, **pair})
             stamps: list[float] = []
             info: dict = {}
 
@@ -48,7 +50,7 @@ def main() -> int:
                 if e.kind == "epoch":
                     stamps.append(time.perf_counter())
 
-            row = {"family": family, "method": name}
+            row = {"family": name_of_family, "method": name}
             try:
                 t = time.perf_counter()
                 result = train(cfg, [watch], dataset=data, save=False)
@@ -65,7 +67,7 @@ def main() -> int:
             cells = [row.get("engine"), row.get("note", ""), f"{row['s_per_epoch']:.2f}" if "s_per_epoch" in row else "", ""]
             if "balanced_accuracy" in row:
                 cells[3] = f"{100 * row['balanced_accuracy']:.1f}"
-            print(f"| {family} | `{name}` | " + " | ".join(str(c) for c in cells) + " |", flush=True)
+            print(f"| {name_of_family} | `{name}` | " + " | ".join(str(c) for c in cells) + " |", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -11,13 +11,14 @@ import time
 import numpy as np
 import torch
 
-from ltlib import fast, losses
+from ltlib import fast
 from ltlib.data import load_dataset
 from ltlib.fast import GraphEpoch, Member
-from ltlib.models import build_model
+from ltlib.inputs import Inputs
+from ltlib.parts import build_model_and_loss
 from ltlib.presets import preset
 from ltlib.stack import stack_backbones
-from ltlib.train import Inputs, prepare_data
+from ltlib.train import prepare_data
 
 
 def members(ds, k: int, channels_last: bool, seed0: int = 0, batch_size: int | None = None):
@@ -27,9 +28,7 @@ def members(ds, k: int, channels_last: bool, seed0: int = 0, batch_size: int | N
         data = prepare_data(cfg, ds)
         inputs = Inputs(data, torch.device("cuda"))
         inputs.channels_last = channels_last
-        torch.manual_seed(seed)
-        loss_fn = losses.build("ce", data.class_counts()).cuda()
-        model = build_model("resnet32", data.input_shape, data.num_classes).cuda()
+        model, _, loss_fn = build_model_and_loss(cfg, data, torch.device("cuda"))
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         g = torch.Generator(device="cuda").manual_seed(seed)

@@ -21,21 +21,11 @@ import time
 
 import numpy as np
 
-from ltlib import losses, mixing, optim, samplers, schedules
 from ltlib.cli import _key_value
-from ltlib.models import MODELS, NORMS
+from ltlib.families import FAMILIES, family
 from ltlib.presets import preset
 from ltlib.train import train
 
-FAMILIES = {
-    "loss": ("loss", losses.LOSSES),
-    "sampler": ("sampler", samplers.SAMPLERS),
-    "mixing": ("mixing", mixing.MIXING),
-    "schedule": ("schedule", schedules.SCHEDULES),
-    "optimizer": ("optimizer", optim.OPTIMIZERS),
-    "model": ("model", MODELS),
-    "norm": ("norm", NORMS),
-}
 METRICS = ("balanced_accuracy", "many", "medium", "few", "ece")
 
 
@@ -50,7 +40,7 @@ def run_row(field: str, name: str, seeds: int, base: dict) -> dict[str, tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=FAMILIES, required=True)
+    p.add_argument("--family", choices=[f.name for f in FAMILIES if f.name != "dataset"], required=True)
     p.add_argument("--preset", default="digits-quick")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int)
@@ -60,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--param", type=_key_value, action="append", default=[], help="key=value for every row's method (repeatable)")
     args = p.parse_args(argv)
-    field, registry = FAMILIES[args.family]
+    field, registry = args.family, family(args.family).registry
     overrides = {**dict(args.set), **({"epochs": args.epochs} if args.epochs else {})}
     if args.param:
         overrides[f"{field}_params"] = dict(args.param)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltlib.losses import LOSSES, Loss
-from ltlib.registry import check_range
+from ltlib.losses import EAGER_INPUTS, LOSSES, NON_NEGATIVE, POSITIVE, Loss
+from ltlib.registry import Interval
 
 
 def neumann_inverse_hvp(
@@ -62,7 +62,19 @@ def implicit_hypergradient(
 
 
 @LOSSES.register(
-    "autobalance", paper="Li, Zhang, Thrampoulidis, Chen & Oymak, AutoBalance: Optimized Loss Functions for Imbalanced Data, NeurIPS 2021"
+    "autobalance",
+    paper="Li, Zhang, Thrampoulidis, Chen & Oymak, AutoBalance: Optimized Loss Functions for Imbalanced Data, NeurIPS 2021",
+    traits=("epoch hook", "validation split"),
+    constraints={
+        "up_lr": NON_NEGATIVE,
+        "start_epoch": Interval(0, None),
+        "iter_interval": Interval(1, None),
+        "train_batches": Interval(1, None),
+        "val_batches": Interval(1, None),
+        "neumann_terms": Interval(0, None),
+        "neumann_lr": POSITIVE,
+    },
+    eager=EAGER_INPUTS,
 )
 class AutoBalance(Loss):
     """Logit-adjusted CE ℓ = −ω_y·log softmax(σ(Δ)⊙z + ι)_y whose Δ, ι, ω are learned by a bilevel step on validation data.
@@ -105,13 +117,6 @@ class AutoBalance(Loss):
         learn_weights: bool = False,
     ) -> None:
         super().__init__(class_counts)
-        check_range("up_lr", up_lr, 0.0, float("inf"))
-        for name, value in (("iter_interval", iter_interval), ("train_batches", train_batches), ("val_batches", val_batches)):
-            check_range(name, value, 1, float("inf"))
-        check_range("neumann_terms", neumann_terms, 0, float("inf"))
-        check_range("neumann_lr", neumann_lr, 1e-9, float("inf"))
-        if start_epoch is not None:
-            check_range("start_epoch", start_epoch, 0, float("inf"))
         self.learned = [n for n, on in (("dy", learn_scale), ("ly", learn_shift), ("wy", learn_weights)) if on]
         if not self.learned:
             raise ValueError("learn_scale, learn_shift and learn_weights are all False; allowed: at least one True")

@@ -13,7 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from ltlib import presets
-from ltlib.train import Config
+from ltlib.config import Config
 
 PARAM_FIELDS = ("dataset", "model", "loss", "sampler", "mixing", "schedule")
 
@@ -46,7 +46,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 type=_key_value,
                 action="append",
                 metavar="KEY=VALUE",
-                help=f"a {base} parameter (repeatable)",
+                help=f"a {base} parameter (repeatable); `ltlib methods` lists each {base}'s parameters and allowed values",
             )
         elif hint is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
@@ -176,25 +176,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ltlib import losses, mixing, samplers, schedules
-    from ltlib.data import DATASETS
-    from ltlib.models import MODELS, NORMS
+    from ltlib.families import FAMILIES
 
-    for title, reg in [
-        ("datasets", DATASETS),
-        ("models", MODELS),
-        ("norms", NORMS),
-        ("losses", losses.LOSSES),
-        ("samplers", samplers.SAMPLERS),
-        ("mixing", mixing.MIXING),
-        ("schedules", schedules.SCHEDULES),
-    ]:
-        print(f"{title}:")
-        for name in reg.available():
-            e = reg.get(name)
-            params = ", ".join(f"{k}={v}" for k, v in e.defaults.items())
-            needs = f"  needs: {', '.join(e.needs)}" if e.needs else ""
-            print(f"  {name:20s} {e.summary}  [{e.paper}]" + (f"  ({params})" if params else "") + needs)
+    for fam in FAMILIES:
+        print(f"{fam.name} (--{fam.name}, parameters: --{fam.name}-param KEY=VALUE):")
+        for e in fam.registry.entries():
+            print(f"  {e.name:20s} {e.summary}  [{e.paper}]")
+            for p in e.params.values():
+                print(f"      {p.name}={json.dumps(p.default)}  ({p.allowed()})")
+            if e.traits:
+                print(f"      traits: {', '.join(sorted(e.traits))}")
+            if e.eager:
+                print(f"      engine: eager ({e.eager})")
     print("presets: " + ", ".join(presets.available()))
     return 0
 

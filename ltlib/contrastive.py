@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.losses import LOSSES, Loss
-from ltlib.registry import check_range
+from ltlib.losses import EAGER_INPUTS, LOSSES, NON_NEGATIVE, POSITIVE, UNIT, Loss
+from ltlib.registry import Interval
 
 
 def supcon_per_sample(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,19 @@ def supcon_per_sample(logits: torch.Tensor, positive: torch.Tensor) -> torch.Ten
 
 
 @LOSSES.register(
-    "rescom", paper="Zhong, Cui, Li, Lo, Sun & Jia, Rebalanced Siamese Contrastive Mining for Long-Tailed Recognition, arXiv 2022"
+    "rescom",
+    paper="Zhong, Cui, Li, Lo, Sun & Jia, Rebalanced Siamese Contrastive Mining for Long-Tailed Recognition, arXiv 2022",
+    traits=("features", "own parameters"),
+    constraints={
+        "weight": NON_NEGATIVE,
+        "temperature": POSITIVE,
+        "queue_per_class": Interval(1, None),
+        "hard_positives": Interval(0, None),
+        "hard_negatives": Interval(0, None),
+        "dim": Interval(1, None),
+        "beta": UNIT,
+    },
+    eager=EAGER_INPUTS,
 )
 class ResCom(Loss):
     """Balanced-Softmax CE + λ·class-balanced SupCon with hard positives/negatives mined from a class-balanced queue.
@@ -45,8 +57,6 @@ class ResCom(Loss):
     Mixup-style mixing (two label sets) or SAM (two passes per step) a step enqueues twice.
     """
 
-    needs_features = True
-
     def __init__(
         self,
         class_counts: np.ndarray | list[int],
@@ -60,13 +70,8 @@ class ResCom(Loss):
         balanced: bool = True,
     ) -> None:
         super().__init__(class_counts)
-        check_range("weight", weight, 0.0, float("inf"))
-        check_range("temperature", temperature, 1e-6, float("inf"))
-        check_range("queue_per_class", queue_per_class, 1, float("inf"))
-        check_range("hard_positives", hard_positives, 0, queue_per_class, closed_high=True)
-        check_range("hard_negatives", hard_negatives, 0, float("inf"))
-        check_range("dim", dim, 1, float("inf"))
-        check_range("beta", beta, 0.0, 1.0)
+        if hard_positives > queue_per_class:
+            raise ValueError(f"hard_positives={hard_positives} is out of range; allowed: <= queue_per_class={queue_per_class}")
         c = len(self.class_counts)
         self.weight, self.temperature, self.balanced = weight, temperature, balanced
         self.hard_positives = hard_positives
@@ -111,9 +116,9 @@ class ResCom(Loss):
         self.queue[targets[keep], slot[keep]] = q[keep].to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + count) % self.queue_per_class)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        if features is None or self.projection is None:
-            raise ValueError("rescom needs features= and a projection head: train it through ltlib.train (needs_features)")
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            raise ValueError("rescom needs its projection head: call attach(model) first (ltlib.train does)")
         cls = F.cross_entropy(logits + self.log_prior if self.balanced else logits, targets, reduction="none")
         q = F.normalize(self.projection(features), dim=1)
         con = self.contrast_weight[targets] * self.contrastive(q, targets)

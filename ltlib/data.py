@@ -1,7 +1,9 @@
 """Datasets and long-tail subsampling.
 
 Every dataset loader returns a :class:`Dataset`: a balanced train pool and a balanced test set
-as tensors (uint8 images ``N×C×H×W`` or float features ``N×D``) plus class names. The long tail
+as tensors (uint8 images ``N×C×H×W`` or float features ``N×D``) plus class names. A loader's
+entry declares the trait "images" when it gives images and "domains" when it gives domains, so a
+run's methods can be checked against the dataset before any data is loaded. The long tail
 is made afterwards by :func:`make_long_tailed`, with a seed, as in the LDAM-DRW
 (Cao et al., NeurIPS 2019) and class-balanced loss (Cui et al., CVPR 2019) code.
 """
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from ltlib import imagedecode
-from ltlib.registry import Registry
+from ltlib.registry import Interval, Registry
 
 DATASETS = Registry("dataset")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -206,11 +208,18 @@ def _split_per_class(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray,
     return np.flatnonzero(mask), np.sort(test)
 
 
-@DATASETS.register("toy2d", paper="Gaussian mixture in 2-D, for decision-region pictures")
+@DATASETS.register(
+    "toy2d",
+    paper="Gaussian mixture in 2-D, for decision-region pictures",
+    constraints={
+        "num_classes": Interval(2, None),
+        "n_per_class": Interval(1, None),
+        "n_test_per_class": Interval(1, None),
+        "spread": Interval(0, None, closed="neither"),
+    },
+)
 def toy2d(num_classes: int = 5, n_per_class: int = 500, n_test_per_class: int = 200, spread: float = 0.6) -> Dataset:
     """2-D Gaussian mixture: class means on a circle, generated instantly (features, not images)."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes={num_classes} is out of range; allowed: >= 2")
     rng = np.random.default_rng(12345)
     angles = 2 * np.pi * np.arange(num_classes) / num_classes
     means = np.stack([np.cos(angles), np.sin(angles)], 1) * 2.0
@@ -231,7 +240,12 @@ def toy2d(num_classes: int = 5, n_per_class: int = 500, n_test_per_class: int = 
     )
 
 
-@DATASETS.register("digits", paper="scikit-learn's 8×8 handwritten digits (UCI, Alpaydin & Kaynak 1998)")
+@DATASETS.register(
+    "digits",
+    paper="scikit-learn's 8×8 handwritten digits (UCI, Alpaydin & Kaynak 1998)",
+    traits=("images",),
+    constraints={"n_test_per_class": Interval(1, None)},
+)
 def digits(n_test_per_class: int = 50) -> Dataset:
     """scikit-learn's 8×8 digits (1,797 images, ships with scikit-learn): the embedded default."""
     # The CSV that sklearn.datasets.load_digits reads, read directly: importing scikit-learn (and
@@ -242,6 +256,11 @@ def digits(n_test_per_class: int = 50) -> Dataset:
     table = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",", dtype=np.float64)
     x = np.round(table[:, :-1].reshape(-1, 1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
     y = table[:, -1].astype(np.int64)
+    smallest = int(np.bincount(y).min())
+    if n_test_per_class >= smallest:
+        raise ValueError(
+            f"n_test_per_class={n_test_per_class} is out of range; allowed: [1, {smallest - 1}] (the smallest digit class has {smallest} images)"
+        )
     tr, te = _split_per_class(y, n_test_per_class, seed=0)
     return Dataset(
         "digits",
@@ -265,7 +284,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
-@DATASETS.register("fashion-mnist", paper="Xiao, Rasul & Vollgraf, Fashion-MNIST, arXiv 2017")
+@DATASETS.register("fashion-mnist", paper="Xiao, Rasul & Vollgraf, Fashion-MNIST, arXiv 2017", traits=("images",))
 def fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
     """Fashion-MNIST 28×28: Debian's dataset-fashion-mnist package if present, else torchvision."""
     folder = Path(root) if root else FASHION_MNIST_DIR
@@ -349,13 +368,22 @@ def with_domains(base: Dataset, name: str, seed: int = 0) -> Dataset:
     )
 
 
-@DATASETS.register("digits-domains", paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)")
+@DATASETS.register(
+    "digits-domains",
+    paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)",
+    traits=("images", "domains"),
+    constraints={"n_test_per_class": Interval(1, None)},
+)
 def digits_domains(n_test_per_class: int = 50) -> Dataset:
     """Digits in 3 colour-tint domains, each with its own class order for the long tail (multi-domain LT)."""
     return with_domains(digits(n_test_per_class), "digits-domains")
 
 
-@DATASETS.register("fashion-mnist-domains", paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)")
+@DATASETS.register(
+    "fashion-mnist-domains",
+    paper="Yang et al., Multi-Domain Long-Tailed Learning (TALLY), TMLR 2023 (setting)",
+    traits=("images", "domains"),
+)
 def fashion_mnist_domains(root: str | None = None, download: bool = True) -> Dataset:
     """Fashion-MNIST in 3 colour-tint domains, each with its own class order for the long tail."""
     return with_domains(fashion_mnist(root, download), "fashion-mnist-domains")
@@ -498,7 +526,7 @@ def _folder_dataset(name: str, path: Path, test_fraction: float, seed: int) -> D
 CIFAR10_ARCHIVES = ("../shared/data/cifar10-jpeg.tar.gz", ".device-data/cifar10-jpeg.tar.gz")
 
 
-@DATASETS.register("cifar10", paper="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009")
+@DATASETS.register("cifar10", paper="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009", traits=("images",))
 def cifar10(path: str | None = None, download: bool = True) -> Dataset:
     """CIFAR-10 32×32: an ImageFolder folder/archive (train/<class>/*.jpg, test/…) or torchvision's download."""
     candidates = [Path(path)] if path else [Path(p) for p in CIFAR10_ARCHIVES]
@@ -524,13 +552,16 @@ def cifar10(path: str | None = None, download: bool = True) -> Dataset:
     )
 
 
-@DATASETS.register("imagefolder", paper="your own images: one sub-folder per class")
+@DATASETS.register(
+    "imagefolder",
+    paper="your own images: one sub-folder per class",
+    traits=("images",),
+    constraints={"test_fraction": Interval(0, 1, closed="neither")},
+)
 def imagefolder(path: str = "", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Your own folder (or .tar.gz) of class sub-folders; a balanced test split is carved per class."""
     if not path:
         raise ValueError("dataset 'imagefolder' needs a path: --dataset-param path=/folder/of/class/subfolders")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction={test_fraction} is out of range; allowed: (0, 1)")
     return _folder_dataset("imagefolder", Path(path), test_fraction, seed)
 
 

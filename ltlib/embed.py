@@ -69,19 +69,17 @@ def decision_grid(run: Run, size: int = 150, margin: float = 0.5) -> dict[str, n
     """
     import torch
 
-    from ltlib import losses
-    from ltlib.models import build_model
-    from ltlib.train import Config, Inputs, evaluation_logits, prepare_data
+    from ltlib.config import Config
+    from ltlib.inputs import Inputs
+    from ltlib.parts import build_model_and_loss
+    from ltlib.train import evaluation_logits, prepare_data
 
     cfg = Config.from_dict(run.config)
     data = prepare_data(cfg)
     if data.input_shape != (2,):
         raise ValueError(f"decision regions need 2-D feature data like toy2d; {cfg.dataset} has input shape {data.input_shape}")
     counts = data.class_counts()
-    loss_fn = losses.build(cfg.loss, counts, **cfg.loss_params)
-    model = build_model(
-        run.meta["model"], data.input_shape, data.num_classes, loss_fn.head, loss_fn.head_params, cfg.norm, **cfg.model_params
-    )
+    model, _, _ = build_model_and_loss(cfg, data, torch.device("cpu"))  # with the run's head, norm and their parameters
     model.load_state_dict(run.state_dict())
     x_test = data.x_test.numpy()
     lo, hi = x_test.min(axis=0) - margin, x_test.max(axis=0) + margin

@@ -18,14 +18,15 @@ import copy
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from ltlib import samplers
-from ltlib.losses import Loss
-from ltlib.models import NORMS, Conv2d
+from ltlib.config import Config
+from ltlib.inputs import Inputs, predict
+from ltlib.losses import Loss, batch_objective
+from ltlib.mixing import MixContext, Mixing
+from ltlib.models import Classifier, Conv2d
 from ltlib.stack import stack_channels
 
 # One capture at a time per process: cuDNN fails inside a capture while another thread warms up or
@@ -37,39 +38,37 @@ SIDE_STREAM_WEIGHT_GRADS = True
 STEPS_PER_GRAPH = 4
 
 
-def unsupported_reason(cfg, loss_fn: Loss) -> str | None:
-    """Why this config cannot use the graph step (None when it can)."""
-    if cfg.optimizer != "sgd":
-        return f"optimizer {cfg.optimizer!r} is not captured (only plain SGD is)"
-    if cfg.mixing != "none":
-        return f"mixing {cfg.mixing!r} runs eagerly (its random pairing is drawn outside the graph)"
-    if samplers.learns(cfg.sampler):
-        return f"sampler {cfg.sampler!r} learns between epochs with its own forward and backward passes (eager only)"
-    if loss_fn.needs_features or loss_fn.needs_domains or hasattr(loss_fn, "on_epoch_start"):
-        return f"loss {cfg.loss!r} needs per-step inputs or hooks the graph does not capture"
-    if any(True for _ in loss_fn.parameters()):
-        return f"loss {cfg.loss!r} has trainable layers; the graph step updates only the model's parameters"
-    from ltlib.schedules import SCHEDULES
-
-    why = getattr(NORMS.get(cfg.norm).obj, "not_graph_capturable", None)
-    if why:
-        return f"norm {cfg.norm!r} {why}"
-
-    if getattr(SCHEDULES.get(cfg.schedule).obj, "changes_model", False):
-        return f"schedule {cfg.schedule!r} changes the trained parameters mid-run; the graph is captured once"
-    return None
-
-
 @dataclass
 class Member:
-    """One run's share of a :class:`GraphEpoch`: its data, augmentation generator, head and loss."""
+    """One run's share of a :class:`GraphEpoch`: its data, augmentation generator, head, loss and
+    the per-step parts of its method (mixing, domains, SAM's second pass)."""
 
     loss_fn: Loss
     head: torch.nn.Module
-    inputs: Any  # ltlib.train.Inputs: uint8 images → normalised, augmented float batches
+    inputs: Inputs  # uint8 images → normalised, augmented float batches
     x_train: torch.Tensor
     y_train: torch.Tensor
     generator: torch.Generator
+    domains: torch.Tensor | None = None  # per-image domain ids (multi-domain data)
+    mixer: Mixing | None = None  # None: batches are used as drawn
+    context: MixContext | None = None  # the mixer's context; the runner keeps its epoch current
+    sharpness: float = 0.0  # SAM's ρ while SAM is on (a second forward-backward pass per step), else 0
+    # The run's torch optimiser: a graph epoch of one run keeps its momentum buffers in the optimiser's
+    # state, so a fresh runner (after a hook asked for one) goes on with them, and a two-stage
+    # schedule that clears the optimiser's state starts stage 2 afresh, as on the eager loop.
+    optimizer: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class Batch:
+    """One member's training batch after augmentation and mixing."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_b: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    domains: torch.Tensor | None = None
 
 
 class GraphEpoch:
@@ -92,11 +91,16 @@ class GraphEpoch:
     """
 
     def __init__(
-        self, backbone: torch.nn.Module, members: list[Member], batch_size: int, cfg, use_bf16: bool, capture: bool = True
+        self, backbone: torch.nn.Module, members: list[Member], batch_size: int, cfg: Config, use_bf16: bool, capture: bool = True
     ) -> None:
         self.backbone, self.members = backbone, members
-        # Everything the step trains, and whose state the warm-up must leave as it found it.
-        self.network = torch.nn.ModuleList([backbone, *(m.head for m in members)])
+        # Everything the step trains (a loss may own layers: ResCom's projection head), and whose
+        # state (weights, BN statistics, a loss's running buffers) the warm-up must leave as it found it.
+        self.network = torch.nn.ModuleList([backbone, *(m.head for m in members), *(m.loss_fn for m in members)])
+        sharpness = {m.sharpness for m in members}
+        if len(sharpness) > 1 or (len(members) > 1 and sharpness != {0.0}):
+            raise ValueError("SAM's second pass needs a graph epoch of its own: its ρ·g/‖g‖ is one norm over one model")
+        self.sharpness = sharpness.pop()
         self.use_bf16 = use_bf16
         sizes = {len(m.y_train) for m in members}
         if len(sizes) > 1:
@@ -114,7 +118,7 @@ class GraphEpoch:
         self.loss_sums = torch.zeros(len(members), device=dev)  # per member, summed over the epoch's steps
         self.momentum, self.weight_decay, self.nesterov = cfg.momentum, cfg.weight_decay, cfg.nesterov
         self.params = [p for p in self.network.parameters() if p.requires_grad]
-        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.buffers = self._momentum_buffers(members[0].optimizer if len(members) == 1 else None)
         self.graphs: list[tuple[torch.cuda.CUDAGraph, int]] = []  # (graph, replays per epoch)
         self.warm_up_seconds = 0.0  # cuDNN autotuning and, with torch.compile, compilation
         # In the captured graph the convolutions' weight gradients run on a side stream, beside the
@@ -128,32 +132,67 @@ class GraphEpoch:
         if capture:
             self._capture()
 
+    note = ""  # a run alone: nothing to add to its engine note
+
+    def _momentum_buffers(self, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+        """SGD's momentum buffers: in ``optimizer``'s state (torch's key, created as zeros: zeros·μ + g
+        is the g that torch starts a buffer with), or the graph's own for a model-stack."""
+        if optimizer is None:
+            return [torch.zeros_like(p) for p in self.params]
+        for p in self.params:
+            if optimizer.state[p].get("momentum_buffer") is None:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return [optimizer.state[p]["momentum_buffer"] for p in self.params]
+
     @property
     def loss_sum(self) -> torch.Tensor:
-        """The first member's summed loss of the epoch (a view: zero it before the epoch)."""
+        """The first member's summed loss of the epoch (a view, zeroed when an epoch starts)."""
         return self.loss_sums[0]
 
-    def _losses(self, size: int) -> list[torch.Tensor]:
-        """Each member's loss on its next batch: the forward pass and loss of ``ltlib.train.batch_loss``."""
-        position = self.offset + self.positions[size]
-        xs, ys = [], []
-        for m, order in zip(self.members, self.orders):
-            idx = order[position]
-            xs.append(m.inputs(m.x_train[idx], m.generator))
-            ys.append(m.y_train[idx])
-        self.offset.add_(size)
+    def _batch(self, m: Member, order: torch.Tensor, size: int) -> Batch:
+        """Member ``m``'s next batch: the indices at the device-side offset, augmentation, then its mixing."""
+        idx = order[self.offset + self.positions[size]]
+        x, y = m.inputs(m.x_train[idx], m.generator), m.y_train[idx]
+        domains = None if m.domains is None else m.domains[idx]
+        if m.mixer is None:
+            return Batch(x, y, domains=domains)
+        m.context.domains = domains
+        x, y_a, y_b, lam = m.mixer(x, y, m.context)
+        return Batch(x, y_a, y_b, lam, m.mixer.batch_weight, domains)
+
+    def _losses(self, batches: list[Batch]) -> list[torch.Tensor]:
+        """Each member's loss on its batch: the forward pass and loss of ``ltlib.train.batch_loss``."""
+        xs = [b.x for b in batches]
         # No autocast weight cache: it would hold tensors across CUDA-graph replays.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16, cache_enabled=False):
             feats = self.backbone(xs[0] if len(xs) == 1 else stack_channels(xs))
             parts = feats.unflatten(1, (len(xs), -1)).unbind(1) if len(xs) > 1 else (feats,)
             logits = [m.head(f) for m, f in zip(self.members, parts)]
-        return [m.loss_fn(z, y) for m, z, y in zip(self.members, logits, ys)]
+        return [
+            batch_objective(m.loss_fn, z, b.y, b.y_b, b.lam, features=f.float(), domains=b.domains, weight=b.weight)
+            for m, b, z, f in zip(self.members, batches, logits, parts)
+        ]
 
-    def _step(self, size: int) -> None:
-        losses = torch.stack(self._losses(size))
-        grads = torch.autograd.grad(losses.sum(), self.params)
+    def _gradients(self, batches: list[Batch]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        losses = torch.stack(self._losses(batches))
+        grads = list(torch.autograd.grad(losses.sum(), self.params))
         if self.grad_stream is not None:
             torch.cuda.current_stream().wait_stream(self.grad_stream)
+        return losses, grads
+
+    def _step(self, size: int) -> None:
+        batches = [self._batch(m, order, size) for m, order in zip(self.members, self.orders)]
+        self.offset.add_(size)
+        losses, grads = self._gradients(batches)
+        if self.sharpness:  # SAM (ltlib.optim.SAM): the gradient at w + ε, ε = ρ·g/‖g‖, on the same batch
+            with torch.no_grad():
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                eps = torch._foreach_mul(grads, self.sharpness / (norm + 1e-12))
+                torch._foreach_add_(self.params, eps)
+                self._refresh_low_precision()
+            _, grads = self._gradients(batches)
+            with torch.no_grad():
+                torch._foreach_sub_(self.params, eps)
         with torch.no_grad():
             if self.weight_decay:
                 grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
@@ -173,6 +212,7 @@ class GraphEpoch:
         # Warm-up and capture train for a few steps: their effect on the weights, the momentum
         # buffers and the BN statistics is undone afterwards.
         state = {k: v.clone() for k, v in self.network.state_dict().items()}
+        momentum = [b.clone() for b in self.buffers]
         # While capturing: weight gradients on the side stream, bf16 weight copies, and no BN batch
         # counter (31 tiny kernels a step; with a fixed momentum nothing reads it).
         norms = [m for m in self.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
@@ -192,8 +232,7 @@ class GraphEpoch:
                     m.num_batches_tracked = counter
         with torch.no_grad():
             self.network.load_state_dict(state)
-            for b in self.buffers:
-                b.zero_()
+            torch._foreach_copy_(self.buffers, momentum)
         self._refresh_low_precision()
         self.loss_sums.zero_()
 
@@ -235,6 +274,7 @@ class GraphEpoch:
 
     def run(self, lr: float) -> None:
         """Train one epoch over the members' orders (already in ``orders``) at learning rate ``lr``."""
+        self.loss_sums.zero_()
         self.lr.fill_(lr)
         self.offset.zero_()
         if not self.graphs:
@@ -243,6 +283,11 @@ class GraphEpoch:
         for graph, replays in self.graphs:
             for _ in range(replays):
                 graph.replay()
+
+
+def graph_epoch(model: Classifier, member: Member, cfg: Config, use_bf16: bool) -> GraphEpoch:
+    """A graph epoch of one run alone (captured on a GPU, uncaptured elsewhere)."""
+    return GraphEpoch(model.backbone, [member], cfg.batch_size, cfg, use_bf16, capture=member.y_train.device.type == "cuda")
 
 
 class BackgroundEvaluation:
@@ -254,7 +299,7 @@ class BackgroundEvaluation:
     training step alone leaves partly idle. Made before ``torch.compile``: the shadow runs eagerly.
     """
 
-    def __init__(self, model: torch.nn.Module, inputs, x_test: torch.Tensor) -> None:
+    def __init__(self, model: torch.nn.Module, inputs: Inputs, x_test: torch.Tensor) -> None:
         self.shadow = copy.deepcopy(model)
         self.sources = list(model.state_dict(keep_vars=True).values())
         self.targets = list(self.shadow.state_dict(keep_vars=True).values())
@@ -265,8 +310,6 @@ class BackgroundEvaluation:
 
     def start(self) -> None:
         """Snapshot the model as it is at the end of the epoch just launched, and start its test pass."""
-        from ltlib.train import predict
-
         with torch.no_grad():
             torch._foreach_copy_(self.targets, self.sources)
         self.stream.wait_stream(torch.cuda.current_stream())

@@ -6,24 +6,36 @@ methods can mix two label sets per sample, and carries per-class weights that sc
 DRW set during training (all ones by default; the weighted mean is Σ w_y ℓ / Σ w_y, as
 ``F.cross_entropy(weight=…)`` does).
 
-A loss that needs a particular classifier head says so in ``head`` / ``head_params`` (LDAM uses
-the cosine head with scale s); the training loop builds the model accordingly.
+Every loss is called the same way, ``loss(logits, targets, reduction, features=…, domains=…)``:
+callers always pass the batch's penultimate features and domain ids (None when there are none), and
+the base class hands them on only to a loss whose traits include "features" / "domains". A loss that
+needs a particular classifier head declares it as a trait ("cosine head", "experts head"), read back
+as ``head`` / ``head_params`` (LDAM: the cosine head with scale s); the training loop builds the
+model accordingly.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Check, Interval, Registry, check_range
 from ltlib.samplers import TALLY
 
 LOSSES = Registry("loss", fixed=("class_counts",))
+
+# Ranges shared by many entries.
+NON_NEGATIVE = Interval(0, None)
+POSITIVE = Interval(0, None, closed="neither")
+UNIT = Interval(0, 1, closed="left")  # [0, 1): β of effective numbers, a momentum
+# Why a loss runs eagerly, not inside the captured CUDA-graph step.
+EAGER_INPUTS = "needs per-step inputs or hooks the graph does not capture"
 
 
 def available() -> list[str]:
@@ -42,6 +54,34 @@ def effective_number_weights(class_counts: np.ndarray | list[int], beta: float) 
     n = np.asarray(class_counts, dtype=np.float64)
     w = (1.0 - beta) / (1.0 - np.power(beta, n))
     return w / w.sum() * len(n)
+
+
+def batch_objective(
+    loss_fn: Loss,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    y_b: torch.Tensor | None = None,
+    lam: torch.Tensor | None = None,
+    *,
+    features: torch.Tensor | None = None,
+    domains: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A batch's loss, as every engine computes it: lam·ℓ(z, y) + (1 − lam)·ℓ(z, y_b) per sample for a
+    mixed batch (``y_b``), times per-sample ``weight`` (Open-sampling's noise images), then the mean —
+    or the optimiser's own ``reduce`` of the per-sample values (ABSGD's attention weights).
+    """
+    extra = {"features": features, "domains": domains}
+    if y_b is None and weight is None and reduce is None:
+        return loss_fn(logits, y, **extra)
+    if y_b is None:
+        values = loss_fn(logits, y, reduction="none", **extra)
+    else:
+        values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
+    if weight is not None:
+        values = weight * values
+    return values.mean() if reduce is None else reduce(values)
 
 
 def momentum_update(
@@ -64,14 +104,14 @@ def momentum_update(
 class Loss(nn.Module):
     """Base class: subclasses implement ``per_sample(logits, targets)``.
 
-    ``needs_features = True`` makes the training loop pass the penultimate features as
-    ``features=``, ``needs_domains = True`` the batch's domain ids as ``domains=`` (multi-domain
-    datasets); ``on_epoch_start(epoch, state)`` (optional) lets a loss change with the epoch.
+    The contract is the registry entry's traits (``self.traits``, set by ``LOSSES.register``):
+    "features" makes ``forward`` pass the penultimate features on as ``per_sample(…, features=)``,
+    "domains" the batch's domain ids as ``domains=`` (multi-domain datasets); "epoch hook" marks an
+    ``on_epoch_start(epoch, state)`` that changes the loss with the epoch; "cosine head" / "experts
+    head" the classifier head it trains with.
     """
 
-    head: str = "linear"
-    needs_features: bool = False
-    needs_domains: bool = False
+    traits: frozenset[str] = frozenset()  # replaced on each registered class by its entry's traits
 
     def __init__(self, class_counts: np.ndarray | list[int]) -> None:
         super().__init__()
@@ -81,9 +121,32 @@ class Loss(nn.Module):
         self.register_buffer("class_counts", counts)
         self.register_buffer("class_weight", torch.ones_like(counts))
 
+    def attach(self, model: nn.Module) -> None:
+        """Build the loss's own layers, sized by ``model`` (losses with the "own parameters" trait); a no-op here.
+
+        Called by the loop before the optimiser is made, so those layers train with the model.
+        """
+
+    @property
+    def head(self) -> str:
+        """The classifier head this loss trains with: "cosine", "experts" or "linear" (from its traits)."""
+        if "cosine head" in self.traits:
+            return "cosine"
+        return "experts" if "experts head" in self.traits else "linear"
+
     @property
     def head_params(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def needs_features(self) -> bool:
+        """True when the loss reads the batch's penultimate features (the "features" trait)."""
+        return "features" in self.traits
+
+    @property
+    def needs_domains(self) -> bool:
+        """True when the loss reads the batch's domain ids (the "domains" trait)."""
+        return "domains" in self.traits
 
     @property
     def log_prior(self) -> torch.Tensor:
@@ -100,17 +163,42 @@ class Loss(nn.Module):
             return self.class_weight[targets]
         return (targets * self.class_weight).sum(1) / targets.sum(1).clamp_min(1.0)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, **kw: Any) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", **kw: Any) -> torch.Tensor:
-        """Mean loss (``reduction="mean"``) or per-sample weighted values (``"none"``); ``kw`` as documented per loss."""
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        reduction: str = "mean",
+        *,
+        features: torch.Tensor | None = None,
+        domains: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean loss (``reduction="mean"``) or per-sample weighted values (``"none"``).
+
+        ``features`` (penultimate, (B, D)) and ``domains`` ((B,) domain ids) may always be passed;
+        they reach ``per_sample`` only when the loss's traits include "features" / "domains".
+        """
+        inputs: dict[str, torch.Tensor] = {}
+        if "features" in self.traits:
+            if features is None:
+                raise ValueError(f"{self._name()} needs features=: the penultimate features of the batch")
+            inputs["features"] = features
+        if "domains" in self.traits:
+            if domains is None:
+                raise ValueError(f"{self._name()} needs a dataset with domains, e.g. digits-domains; it got domains=None")
+            inputs["domains"] = domains
         logits = logits.float()
         w = self.sample_weight(targets)
-        values = w * self.per_sample(logits, targets, **kw)
+        values = w * self.per_sample(logits, targets, **inputs)
         if reduction == "none":
             return values
         return values.sum() / w.sum()
+
+    def _name(self) -> str:
+        """The registered name of this loss (for messages), else its class name."""
+        return next((e.name for e in LOSSES.entries() if e.obj is type(self)), type(self).__name__)
 
 
 @LOSSES.register("ce", paper="cross-entropy (softmax) loss")
@@ -121,13 +209,12 @@ class CrossEntropy(Loss):
         return F.cross_entropy(logits, targets, reduction="none")
 
 
-@LOSSES.register("focal", paper="Lin, Goyal, Girshick, He & Dollár, Focal Loss, ICCV 2017")
+@LOSSES.register("focal", paper="Lin, Goyal, Girshick, He & Dollár, Focal Loss, ICCV 2017", constraints={"gamma": NON_NEGATIVE})
 class Focal(Loss):
     """Focal loss: ℓ = −(1 − p_y)^γ · log p_y (γ = 2 as in the paper; γ = 0 is cross-entropy)."""
 
     def __init__(self, class_counts: np.ndarray | list[int], gamma: float = 2.0) -> None:
         super().__init__(class_counts)
-        check_range("gamma", gamma, 0.0, float("inf"))
         self.gamma = gamma
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -165,7 +252,12 @@ def sample_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return target - others.max(1).values
 
 
-@LOSSES.register("ldam", paper="Cao, Wei, Gaidon, Arechiga & Ma, LDAM, NeurIPS 2019", needs=("cosine head",))
+@LOSSES.register(
+    "ldam",
+    paper="Cao, Wei, Gaidon, Arechiga & Ma, LDAM, NeurIPS 2019",
+    traits=("cosine head",),
+    constraints={"max_m": NON_NEGATIVE, "s": POSITIVE},
+)
 class LDAM(Loss):
     """Label-distribution-aware margin: ℓ = −log softmax(s·(cos − Δ_y·e_y))_y, Δ_c ∝ n_c^(−1/4).
 
@@ -175,12 +267,8 @@ class LDAM(Loss):
     re-weighting (``--schedule drw``); alone it is close to CE on small data.
     """
 
-    head = "cosine"
-
     def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 0.5, s: float = 30.0) -> None:
         super().__init__(class_counts)
-        check_range("max_m", max_m, 0.0, float("inf"))
-        check_range("s", s, 1e-6, float("inf"))
         self.register_buffer("margins", ldam_margins(self.class_counts, max_m))
         self.s = s
 
@@ -196,7 +284,8 @@ class LDAM(Loss):
 @LOSSES.register(
     "balpoe",
     paper="Sanchez Aimar, Jonnarth, Felsberg & Kuhlmann, Balanced Product of Calibrated Experts for Long-Tailed Recognition, CVPR 2023",
-    needs=("experts head",),
+    traits=("experts head",),
+    constraints={"lambdas": Check(lambda v: len(v) > 0, "with one test-prior exponent per expert (at least one)"), "s": POSITIVE},
 )
 class BalPoE(Loss):
     """Balanced product of experts: expert k learns the logit-adjusted loss for test prior π^λ_k.
@@ -213,14 +302,9 @@ class BalPoE(Loss):
     ``test_expert_logits`` (see :func:`ltlib.metrics.expert_per_class_accuracy`).
     """
 
-    head = "experts"
-
     def __init__(self, class_counts: np.ndarray | list[int], lambdas: tuple[float, ...] = (1.0, 0.0, -1.0), s: float = 30.0) -> None:
         super().__init__(class_counts)
         lambdas = tuple(float(v) for v in np.atleast_1d(lambdas))
-        if not lambdas:
-            raise ValueError("lambdas=() is out of range; allowed: a list of one test-prior exponent per expert")
-        check_range("s", s, 1e-6, float("inf"))
         self.lambdas, self.s = lambdas, s
         # Row k: the training-time bias (1 − λ_k)·log π of expert k.
         self.register_buffer("expert_bias", (1.0 - torch.tensor(lambdas))[:, None] * self.log_prior[None, :])
@@ -239,11 +323,11 @@ class BalPoE(Loss):
         per_expert = F.cross_entropy(adjusted.flatten(0, 1), targets.repeat_interleave(k), reduction="none")
         return per_expert.view(-1, k).mean(dim=1)
 
-        return target_shifted_ce(logits, targets, self.s * self.margins[targets])
-
 
 @LOSSES.register(
-    "class_balanced", paper="Cui, Jia, Lin, Song & Belongie, Class-Balanced Loss Based on Effective Number of Samples, CVPR 2019"
+    "class_balanced",
+    paper="Cui, Jia, Lin, Song & Belongie, Class-Balanced Loss Based on Effective Number of Samples, CVPR 2019",
+    constraints={"beta": UNIT, "gamma": NON_NEGATIVE},
 )
 class ClassBalanced(Loss):
     """Class-balanced loss: each sample weighted by (1 − β)/(1 − β^n_y), the inverse effective number.
@@ -259,13 +343,14 @@ class ClassBalanced(Loss):
     here the head keeps its usual initialisation (it is shared by every loss).
     """
 
-    BASES = ("softmax", "sigmoid", "focal")
-
-    def __init__(self, class_counts: np.ndarray | list[int], beta: float = 0.9999, base: str = "softmax", gamma: float = 1.0) -> None:
+    def __init__(
+        self,
+        class_counts: np.ndarray | list[int],
+        beta: float = 0.9999,
+        base: Literal["softmax", "sigmoid", "focal"] = "softmax",
+        gamma: float = 1.0,
+    ) -> None:
         super().__init__(class_counts)
-        if base not in self.BASES:
-            raise ValueError(f"base={base!r} is not allowed; allowed: {', '.join(self.BASES)}")
-        check_range("gamma", gamma, 0.0, float("inf"))
         weights = effective_number_weights(self.class_counts.clamp_min(1.0).numpy(), beta)
         self.register_buffer("cb_weight", torch.as_tensor(weights, dtype=torch.float32))
         self.base, self.gamma = base, gamma
@@ -282,7 +367,11 @@ class ClassBalanced(Loss):
         return self.cb_weight[targets] * loss
 
 
-@LOSSES.register("logit_adjusted", paper="Menon, Jayasumana, Rawat, Jain, Veit & Kumar, Long-tail learning via logit adjustment, ICLR 2021")
+@LOSSES.register(
+    "logit_adjusted",
+    paper="Menon, Jayasumana, Rawat, Jain, Veit & Kumar, Long-tail learning via logit adjustment, ICLR 2021",
+    constraints={"tau": NON_NEGATIVE},
+)
 class LogitAdjusted(Loss):
     """Logit-adjusted loss: ℓ = −log softmax(z + τ·log π)_y, π the training class prior (τ = 1).
 
@@ -293,14 +382,17 @@ class LogitAdjusted(Loss):
 
     def __init__(self, class_counts: np.ndarray | list[int], tau: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("tau", tau, 0.0, float("inf"))
         self.tau = tau
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits + self.tau * self.log_prior, targets, reduction="none")
 
 
-@LOSSES.register("cdt", paper="Ye, Chen, Zhan & Chao, Identifying and Compensating for Feature Deviation in Imbalanced Deep Learning, 2020")
+@LOSSES.register(
+    "cdt",
+    paper="Ye, Chen, Zhan & Chao, Identifying and Compensating for Feature Deviation in Imbalanced Deep Learning, 2020",
+    constraints={"gamma": NON_NEGATIVE},
+)
 class CDT(Loss):
     """Class-dependent temperatures: ℓ = −log softmax(z_c / a_c)_y with a_c = (n_max / n_c)^γ.
 
@@ -313,7 +405,6 @@ class CDT(Loss):
 
     def __init__(self, class_counts: np.ndarray | list[int], gamma: float = 0.1) -> None:
         super().__init__(class_counts)
-        check_range("gamma", gamma, 0.0, float("inf"))
         n = self.class_counts.clamp_min(1.0)
         self.register_buffer("temperature", (n.max() / n) ** gamma)
         self.gamma = gamma
@@ -322,7 +413,12 @@ class CDT(Loss):
         return F.cross_entropy(logits / self.temperature, targets, reduction="none")
 
 
-@LOSSES.register("mm", paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021", needs=("cosine head",))
+@LOSSES.register(
+    "mm",
+    paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021",
+    traits=("cosine head",),
+    constraints={"max_m": NON_NEGATIVE, "gamma": NON_NEGATIVE, "s": POSITIVE},
+)
 class MaxMargin(LDAM):
     """Maximum-margin (hard MM-LDAM) loss: the target cosine is lowered by a margin set from each sample's own margin.
 
@@ -340,8 +436,6 @@ class MaxMargin(LDAM):
 
     def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 1.29, gamma: float = 1.528, s: float = 19.0) -> None:
         super().__init__(class_counts, max_m=0.5, s=s)
-        check_range("max_m", max_m, 0.0, float("inf"))
-        check_range("gamma", gamma, 0.0, float("inf"))
         self.max_m, self.gamma = max_m, gamma
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -352,7 +446,12 @@ class MaxMargin(LDAM):
         return target_shifted_ce(logits, targets, self.s * shift)
 
 
-@LOSSES.register("gml", paper="Zhou, Liu, Zhai, Jiang, Gao & Ji, Learning Towards the Largest Margins, ICLR 2022", needs=("cosine head",))
+@LOSSES.register(
+    "gml",
+    paper="Zhou, Liu, Zhai, Jiang, Gao & Ji, Learning Towards the Largest Margins, ICLR 2022",
+    traits=("cosine head",),
+    constraints={"max_m": NON_NEGATIVE, "s": POSITIVE, "lambda_sm": NON_NEGATIVE, "lambda_zc": NON_NEGATIVE},
+)
 class GeneralizedMaxMargin(LDAM):
     """Generalised margin softmax with class margins, a sample-margin and a zero-centroid regulariser.
 
@@ -371,13 +470,12 @@ class GeneralizedMaxMargin(LDAM):
         self, class_counts: np.ndarray | list[int], max_m: float = 0.5, s: float = 30.0, lambda_sm: float = 1.0, lambda_zc: float = 1.0
     ) -> None:
         super().__init__(class_counts, max_m=max_m, s=s)
-        check_range("lambda_sm", lambda_sm, 0.0, float("inf"))
-        check_range("lambda_zc", lambda_zc, 0.0, float("inf"))
         self.lambda_sm, self.lambda_zc = lambda_sm, lambda_zc
         self._prototypes: tuple[torch.Tensor, ...] = ()  # a tuple, so the head's weight is not re-registered here
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
-        self._prototypes = (state.model.head.weight,)
+    def attach(self, model: nn.Module) -> None:
+        # The class prototypes are the cosine head's weight (the same tensor all run, also in a CUDA graph).
+        self._prototypes = (model.head.weight,)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = super().per_sample(logits, targets) - self.lambda_sm * sample_margin(logits, targets) / self.s
@@ -415,7 +513,8 @@ def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 3
 @LOSSES.register(
     "pal",
     paper="Zhou et al., Prototype-Anchored Learning for Learning with Imperfect Annotations, ICML 2022",
-    needs=("cosine head",),
+    traits=("cosine head",),
+    constraints={"max_m": NON_NEGATIVE, "s": POSITIVE},
 )
 class PrototypeAnchored(LDAM):
     """Prototype-anchored learning: prototypes fixed to a regular simplex, margin softmax on the cosines.
@@ -428,8 +527,8 @@ class PrototypeAnchored(LDAM):
     library, LDAM's margin softmax (s = 30, largest margin 0.5): ℓ = −log softmax(s·(cos(f, p) − Δ_y·e_y))_y.
     """
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
-        weight = state.model.head.weight
+    def attach(self, model: nn.Module) -> None:
+        weight = model.head.weight
         if weight.requires_grad:
             with torch.no_grad():
                 weight.copy_(simplex_prototypes(*weight.shape).to(weight.device))
@@ -439,7 +538,15 @@ class PrototypeAnchored(LDAM):
 @LOSSES.register(
     "coupling_regulation",
     paper="Xu, Cheng, Zhang, Wu, Shao, Liu, Shen, Yao & Xu, Phased Progressive Learning with Coupling-Regulation-Imbalance Loss, 2022",
-    needs=("cosine head",),
+    traits=("cosine head", "epoch hook"),
+    constraints={
+        "max_m": NON_NEGATIVE,
+        "s": POSITIVE,
+        "gamma": NON_NEGATIVE,
+        "beta": UNIT,
+        "phase_start": Interval(0, 1),
+        "phase_end": Interval(0, 1),
+    },
 )
 class CouplingRegulation(LDAM):
     """Coupling-regulation-imbalance loss: focal-modulated LDAM with class-balanced correction, phased in progressively.
@@ -467,9 +574,8 @@ class CouplingRegulation(LDAM):
         phase_end: float = 0.8,
     ) -> None:
         super().__init__(class_counts, max_m=max_m, s=s)
-        check_range("gamma", gamma, 0.0, float("inf"))
-        check_range("phase_start", phase_start, 0.0, 1.0, closed_high=True)
-        check_range("phase_end", phase_end, phase_start, 1.0, closed_high=True)
+        if phase_end < phase_start:
+            raise ValueError(f"phase_end={phase_end} is out of range; allowed: >= phase_start={phase_start}")
         self.gamma, self.phase_start, self.phase_end = gamma, phase_start, phase_end
         self.cb_weight = effective_number_weights(self.class_counts.clamp_min(1.0).numpy(), beta)
 
@@ -493,6 +599,15 @@ class CouplingRegulation(LDAM):
 @LOSSES.register(
     "distribution_balanced",
     paper="Wu, Huang, Liu, Wang & Lin, Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed Datasets, ECCV 2020",
+    constraints={
+        "map_alpha": NON_NEGATIVE,
+        "map_beta": NON_NEGATIVE,
+        "map_mu": NON_NEGATIVE,
+        "neg_scale": POSITIVE,
+        "init_bias": NON_NEGATIVE,
+        "gamma": NON_NEGATIVE,
+        "balance": POSITIVE,
+    },
 )
 class DistributionBalanced(Loss):
     """Distribution-balanced loss (multi-label, sigmoid): re-balanced weights + negative-tolerant regularisation.
@@ -524,16 +639,6 @@ class DistributionBalanced(Loss):
         num_samples: int | None = None,
     ) -> None:
         super().__init__(class_counts)
-        for name, value in (
-            ("map_alpha", map_alpha),
-            ("map_beta", map_beta),
-            ("map_mu", map_mu),
-            ("init_bias", init_bias),
-            ("gamma", gamma),
-        ):
-            check_range(name, value, 0.0, float("inf"))
-        check_range("neg_scale", neg_scale, 1e-6, float("inf"))
-        check_range("balance", balance, 1e-6, float("inf"))
         n = self.class_counts.clamp_min(1.0)
         total = float(n.sum()) if num_samples is None else float(num_samples)
         if total <= float(n.max()):
@@ -558,6 +663,9 @@ class DistributionBalanced(Loss):
 @LOSSES.register(
     "ot_reweight",
     paper="Guo et al., Learning to Re-weight Examples with Optimal Transport for Imbalanced Classification, NeurIPS 2022",
+    traits=("features", "epoch hook"),
+    constraints={"meta_per_class": Interval(1, None), "eps": POSITIVE, "label_cost": NON_NEGATIVE},
+    eager=EAGER_INPUTS,
 )
 class OTReweight(Loss):
     """Optimal-transport re-weighting: batch samples weighted to transport best onto a small balanced meta set.
@@ -577,13 +685,8 @@ class OTReweight(Loss):
     start of each epoch (``on_epoch_start``).
     """
 
-    needs_features = True
-
     def __init__(self, class_counts: np.ndarray | list[int], meta_per_class: int = 10, eps: float = 0.1, label_cost: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("meta_per_class", meta_per_class, 1, float("inf"))
-        check_range("eps", eps, 1e-6, float("inf"))
-        check_range("label_cost", label_cost, 0.0, float("inf"))
         self.meta_per_class, self.eps, self.label_cost = int(meta_per_class), eps, label_cost
         self.meta_index: torch.Tensor | None = None
         self.meta_features: torch.Tensor | None = None
@@ -621,14 +724,18 @@ class OTReweight(Loss):
         plan = q[None, :] * torch.softmax(-cost / self.eps, dim=0)
         return plan.sum(1)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        if features is None:
-            raise ValueError("ot_reweight needs features=: the penultimate features of the batch")
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         w = self.batch_weights(features, targets)
         return len(targets) * w * F.cross_entropy(logits, targets, reduction="none")
 
 
-@LOSSES.register("tally_proto", paper=TALLY, needs=("domains",))
+@LOSSES.register(
+    "tally_proto",
+    paper=TALLY,
+    traits=("domains", "features"),
+    constraints={"weight": NON_NEGATIVE, "momentum": UNIT, "scale": POSITIVE},
+    eager=EAGER_INPUTS,
+)
 class TallyPrototype(Loss):
     """Cross-entropy plus a cosine classifier on TALLY's domain-invariant class prototypes (domain-averaged momentum means).
 
@@ -648,14 +755,8 @@ class TallyPrototype(Loss):
     ltlib's choices. With ``tally_mix`` the domain of a mixed image is that of its content image.
     """
 
-    needs_features = True
-    needs_domains = True
-
     def __init__(self, class_counts: np.ndarray | list[int], weight: float = 1.0, momentum: float = 0.8, scale: float = 10.0) -> None:
         super().__init__(class_counts)
-        check_range("weight", weight, 0.0, float("inf"))
-        check_range("momentum", momentum, 0.0, 1.0)
-        check_range("scale", scale, 1e-6, float("inf"))
         self.weight, self.momentum, self.scale = weight, momentum, scale
         # Per (domain, class) momentum means and which cells have been seen; sized on first use.
         self.cells: torch.Tensor | None = None
@@ -680,9 +781,7 @@ class TallyPrototype(Loss):
         flat, flat_seen = self.cells.view(-1, n.shape[1]), self.seen.view(-1)
         flat_seen |= momentum_update(flat, flat_seen, n, domains * num_classes + targets, self.momentum)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor, domains: torch.Tensor | None) -> torch.Tensor:
-        if domains is None:
-            raise ValueError("tally_proto needs a dataset with domains, e.g. digits-domains")
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         if len(domains) != len(targets):
             raise ValueError(
                 "tally_proto needs one domain per sample; a mixing method that adds samples (open_sampling) cannot be combined"

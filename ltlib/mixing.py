@@ -6,15 +6,17 @@ A mixing method maps a batch ``(x, y)`` to ``(x', y_a, y_b, lam)``: the loss is
 
 A method may return more samples than it was given (Open-sampling appends noise images) and may
 set ``batch_weight`` to per-sample loss multipliers for the batch it just returned (None = all 1).
-Methods that cut and paste patches declare ``needs=("images",)``; the loop rejects them on
-feature-vector datasets such as toy2d.
+Methods that cut and paste patches declare ``traits=("images",)``; the loop rejects them on
+feature-vector datasets such as toy2d. Methods that draw a second batch through
+``MixContext.draw_batch`` declare "second batch". Every method but ``none`` runs eagerly (its
+entry's ``eager`` says why): its random draws happen outside the captured CUDA-graph step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,8 +24,11 @@ import torch
 from ltlib import samplers
 from ltlib.losses import momentum_update
 from ltlib.models import cumulative_alpha, set_noise_mask
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Interval, Registry
 from ltlib.samplers import TALLY
+
+if TYPE_CHECKING:
+    from ltlib.state import TrainState
 
 MIXING = Registry("mixing", fixed=("class_counts",))
 
@@ -59,9 +64,26 @@ class Mixing:
 
     def __init__(self, class_counts: np.ndarray) -> None:
         self.class_counts = np.asarray(class_counts)
+        self._constants: dict[tuple[str, str], torch.Tensor] = {}
+        self._phase: bool | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: MixContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def constant(self, name: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``values`` as a float32 tensor on ``device``, copied once: a copy from the host inside a
+        captured CUDA graph is not allowed (the graph engine's warm-up fills this cache before capture)."""
+        key = (name, str(device))
+        if key not in self._constants:
+            self._constants[key] = torch.as_tensor(np.asarray(values), dtype=torch.float32, device=device)
+        return self._constants[key]
+
+    def switch_phase(self, active: bool, state: TrainState) -> None:
+        """For a method that is on only in part of training: when it switches, ask for a fresh epoch
+        runner (a captured graph holds the branch it was captured with)."""
+        if self._phase is not None and active != self._phase:
+            state.rebuild = True
+        self._phase = active
 
 
 def build(name: str, class_counts: np.ndarray, **params: Any) -> Mixing:
@@ -83,13 +105,16 @@ class NoMixing(Mixing):
         return x, y, y, torch.ones(len(y), device=x.device)
 
 
-@MIXING.register("mixup", paper="Zhang, Cisse, Dauphin & Lopez-Paz, mixup, ICLR 2018")
+@MIXING.register(
+    "mixup",
+    paper="Zhang, Cisse, Dauphin & Lopez-Paz, mixup, ICLR 2018",
+    constraints={"alpha": Interval(0, None, closed="neither")},
+)
 class Mixup(Mixing):
     """Mixup: x' = λx_i + (1−λ)x_j, label λ·y_i + (1−λ)·y_j, λ ~ Beta(α, α), one λ per batch."""
 
     def __init__(self, class_counts: np.ndarray, alpha: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("alpha", alpha, 1e-6, float("inf"))
         self.alpha = alpha
 
     def __call__(self, x, y, ctx):
@@ -110,9 +135,17 @@ def draw_from(ctx: MixContext, sampler: str, n: int) -> tuple[torch.Tensor, torc
     return ctx.draw_batch(samplers.class_probabilities(sampler, ctx.class_counts), n)
 
 
-def coin(p: float, ctx: MixContext, device: torch.device) -> bool:
-    """True with probability p (one seeded draw per batch)."""
-    return p >= 1 or bool(torch.rand((), generator=ctx.generator, device=device) < p)
+def coin(p: float, ctx: MixContext, device: torch.device) -> torch.Tensor:
+    """A device bool, True with probability p (one seeded draw per batch; none for p ≥ 1): no host
+    synchronisation, so the choice can live inside a captured graph (used through ``torch.where``)."""
+    if p >= 1:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.rand((), generator=ctx.generator, device=device) < p
+
+
+def either(flag: torch.Tensor, mixed: tuple[torch.Tensor, ...], plain: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``mixed`` where the device bool ``flag`` holds, else ``plain``, element by element."""
+    return tuple(torch.where(flag, a, b) for a, b in zip(mixed, plain))
 
 
 def paste_box(x: torch.Tensor, source: torch.Tensor, lam: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,19 +157,26 @@ def paste_box(x: torch.Tensor, source: torch.Tensor, lam: torch.Tensor, generato
     if x.ndim != 4:
         raise ValueError(f"box pasting needs image batches (N, C, H, W); got shape {tuple(x.shape)}")
     h, w = x.shape[2], x.shape[3]
-    ratio = float(torch.sqrt(1 - lam))
-    cut_h, cut_w = int(h * ratio), int(w * ratio)
-    cy = int(torch.randint(h, (1,), generator=generator, device=x.device))
-    cx = int(torch.randint(w, (1,), generator=generator, device=x.device))
-    y1, y2 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
-    x1, x2 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
-    out = x.clone()
-    out[:, :, y1:y2, x1:x2] = source[:, :, y1:y2, x1:x2]
-    kept = 1 - (y2 - y1) * (x2 - x1) / (h * w)
-    return out, torch.tensor(kept, dtype=torch.float32, device=x.device)
+    # All on the device (no host synchronisation): the box as a mask instead of a slice.
+    ratio = torch.sqrt(1 - lam)
+    cut_h, cut_w = torch.floor(h * ratio).long(), torch.floor(w * ratio).long()
+    cy = torch.randint(h, (1,), generator=generator, device=x.device)[0]
+    cx = torch.randint(w, (1,), generator=generator, device=x.device)[0]
+    y1, y2 = (cy - cut_h // 2).clamp(0, h), (cy + cut_h // 2).clamp(0, h)
+    x1, x2 = (cx - cut_w // 2).clamp(0, w), (cx + cut_w // 2).clamp(0, w)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    box = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
+    out = torch.where(box, source, x)
+    kept = 1 - ((y2 - y1) * (x2 - x1)).float() / (h * w)
+    return out, kept
 
 
-@MIXING.register("cutmix", paper="Yun, Han, Oh, Chun, Choe & Yoo, CutMix, ICCV 2019", needs=("images",))
+@MIXING.register(
+    "cutmix",
+    paper="Yun, Han, Oh, Chun, Choe & Yoo, CutMix, ICCV 2019",
+    traits=("images",),
+    constraints={"alpha": Interval(0, None, closed="neither"), "prob": Interval(0, 1)},
+)
 class CutMix(Mixing):
     """CutMix: paste a random box of a shuffled image; label mass = the area each image keeps.
 
@@ -147,19 +187,20 @@ class CutMix(Mixing):
 
     def __init__(self, class_counts: np.ndarray, alpha: float = 1.0, prob: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("alpha", alpha, 1e-6, float("inf"))
-        check_range("prob", prob, 0.0, 1.0, closed_high=True)
         self.alpha, self.prob = alpha, prob
 
     def __call__(self, x, y, ctx):
-        if not coin(self.prob, ctx, x.device):
-            return unmixed(x, y)
+        apply = coin(self.prob, ctx, x.device)
         perm = torch.randperm(len(y), generator=ctx.generator, device=x.device)
         mixed, lam = paste_box(x, x[perm], sample_beta(self.alpha, ctx.generator, x.device), ctx.generator)
-        return mixed, y, y[perm], lam.expand(len(y))
+        return either(apply, (mixed, y, y[perm], lam.expand(len(y))), unmixed(x, y))
 
 
-@MIXING.register("remix", paper="Chou, Chang, Pan, Wei & Juan, Remix: Rebalanced Mixup, ECCV Workshops 2020")
+@MIXING.register(
+    "remix",
+    paper="Chou, Chang, Pan, Wei & Juan, Remix: Rebalanced Mixup, ECCV Workshops 2020",
+    constraints={"alpha": Interval(0, None, closed="neither"), "kappa": Interval(1, None), "tau": Interval(0, 1)},
+)
 class Remix(Mixing):
     """Remix: Mixup images, but give the whole label to the minority image when the counts differ enough.
 
@@ -169,19 +210,15 @@ class Remix(Mixing):
 
     def __init__(self, class_counts: np.ndarray, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5) -> None:
         super().__init__(class_counts)
-        check_range("alpha", alpha, 1e-6, float("inf"))
-        check_range("kappa", kappa, 1.0, float("inf"))
-        check_range("tau", tau, 0.0, 1.0, closed_high=True)
         self.alpha, self.kappa, self.tau = alpha, kappa, tau
 
     def label_weight(self, y_i: torch.Tensor, y_j: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """λ_y per pair from the Remix rule (counts of a missing class are taken as 1)."""
-        n = torch.as_tensor(self.class_counts, dtype=torch.float32, device=y_i.device).clamp_min(1)
+        n = self.constant("counts", self.class_counts, y_i.device).clamp_min(1)
         ratio = n[y_i] / n[y_j]
-        lam_y = lam.expand(len(y_i)).clone()
-        lam_y[(ratio >= self.kappa) & (lam < self.tau)] = 0.0
-        lam_y[(ratio <= 1 / self.kappa) & (1 - lam < self.tau)] = 1.0
-        return lam_y
+        lam_y = lam.expand(len(y_i))
+        lam_y = torch.where((ratio >= self.kappa) & (lam < self.tau), 0.0, lam_y)
+        return torch.where((ratio <= 1 / self.kappa) & (1 - lam < self.tau), 1.0, lam_y)
 
     def __call__(self, x, y, ctx):
         lam = sample_beta(self.alpha, ctx.generator, x.device)
@@ -189,7 +226,12 @@ class Remix(Mixing):
         return lam * x + (1 - lam) * x[perm], y, y[perm], self.label_weight(y, y[perm], lam)
 
 
-@MIXING.register("bilateral_mixup", paper="Bilateral mixup augmentation for two-branch long-tail networks, 2022 (seed 002 #7)")
+@MIXING.register(
+    "bilateral_mixup",
+    paper="Bilateral mixup augmentation for two-branch long-tail networks, 2022 (seed 002 #7)",
+    traits=("second batch",),
+    constraints={"alpha": Interval(0, None, closed="neither")},
+)
 class BilateralMixup(Mixing):
     """Bilateral mixup: mix the batch (uniform sampler) with a batch drawn by BBN's reversed sampler.
 
@@ -199,7 +241,6 @@ class BilateralMixup(Mixing):
 
     def __init__(self, class_counts: np.ndarray, alpha: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("alpha", alpha, 1e-6, float("inf"))
         self.alpha = alpha
 
     def __call__(self, x, y, ctx):
@@ -208,7 +249,18 @@ class BilateralMixup(Mixing):
         return lam * x + (1 - lam) * x_r, y, y_r, lam.expand(len(y))
 
 
-@MIXING.register("cmo", paper="Park, Hong, Heo, Yun & Choi, The Majority Can Help the Minority (CMO), CVPR 2022", needs=("images",))
+@MIXING.register(
+    "cmo",
+    paper="Park, Hong, Heo, Yun & Choi, The Majority Can Help the Minority (CMO), CVPR 2022",
+    traits=("images", "second batch", "epoch hook"),
+    constraints={
+        "prob": Interval(0, 1),
+        "beta": Interval(0, None, closed="neither"),
+        "weighted_alpha": Interval(0, None),
+        "start_epoch": Interval(-1, None),
+        "end_epochs": Interval(0, None),
+    },
+)
 class CMO(Mixing):
     """Context-rich minority oversampling: paste a box of a minority-sampled image onto each batch image.
 
@@ -229,11 +281,6 @@ class CMO(Mixing):
         end_epochs: int = 3,
     ) -> None:
         super().__init__(class_counts)
-        check_range("prob", prob, 0.0, 1.0, closed_high=True)
-        check_range("beta", beta, 1e-6, float("inf"))
-        check_range("weighted_alpha", weighted_alpha, 0.0, float("inf"))
-        check_range("start_epoch", start_epoch, -1, float("inf"))
-        check_range("end_epochs", end_epochs, 0, float("inf"))
         self.prob, self.beta, self.weighted_alpha = prob, beta, weighted_alpha
         self.start_epoch, self.end_epochs = start_epoch, end_epochs
 
@@ -241,15 +288,21 @@ class CMO(Mixing):
         """Class probabilities of the pasted batch: n_c · n_c^(−α), normalised."""
         return samplers.power_law(self.class_counts.astype(np.float64), 1.0 - self.weighted_alpha)
 
+    def active(self, epoch: int, epochs: int) -> bool:
+        return self.start_epoch < epoch < epochs - self.end_epochs
+
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
+        self.switch_phase(self.active(epoch, state.cfg.epochs), state)
+
     def __call__(self, x, y, ctx):
-        active = self.start_epoch < ctx.epoch < ctx.epochs - self.end_epochs
-        if not active or not coin(self.prob, ctx, x.device):
+        if not self.active(ctx.epoch, ctx.epochs):
             return unmixed(x, y)
         if ctx.draw_batch is None:
             raise ValueError("cmo draws a minority batch; MixContext.draw_batch is required")
+        apply = coin(self.prob, ctx, x.device)
         x_min, y_min = ctx.draw_batch(self.minority_probabilities(), len(y))
         mixed, lam = paste_box(x, x_min, sample_beta(self.beta, ctx.generator, x.device), ctx.generator)
-        return mixed, y, y_min, lam.expand(len(y))
+        return either(apply, (mixed, y, y_min, lam.expand(len(y))), unmixed(x, y))
 
 
 def noise_like(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -261,7 +314,11 @@ def noise_like(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Ten
     return torch.randn((n, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
 
 
-@MIXING.register("open_sampling", paper="Wei, Tao, Xie, Feng & An, Open-Sampling, ICML 2022")
+@MIXING.register(
+    "open_sampling",
+    paper="Wei, Tao, Xie, Feng & An, Open-Sampling, ICML 2022",
+    constraints={"ood_ratio": Interval(0, None), "lambda_o": Interval(0, None)},
+)
 class OpenSampling(Mixing):
     """Open-sampling: append out-of-distribution (pure-noise) images labelled from a complementary prior.
 
@@ -274,8 +331,6 @@ class OpenSampling(Mixing):
 
     def __init__(self, class_counts: np.ndarray, ood_ratio: float = 4.0, lambda_o: float = 1.0) -> None:
         super().__init__(class_counts)
-        check_range("ood_ratio", ood_ratio, 0.0, float("inf"))
-        check_range("lambda_o", lambda_o, 0.0, float("inf"))
         self.ood_ratio, self.lambda_o = ood_ratio, lambda_o
         prior = self.class_counts / self.class_counts.sum()
         self.rates = prior.max() + prior.min() - prior  # Γ: complementary to the prior
@@ -285,7 +340,7 @@ class OpenSampling(Mixing):
         if m == 0:
             self.batch_weight = None
             return unmixed(x, y)
-        rates = torch.as_tensor(self.rates, dtype=torch.float32, device=x.device)
+        rates = self.constant("rates", self.rates, x.device)
         y_ood = torch.multinomial(rates, m, replacement=True, generator=ctx.generator)
         w = (rates / rates.sum() * len(rates))[y_ood]
         # The loop averages weight·ℓ over b + m samples: these multipliers turn that mean into
@@ -295,7 +350,12 @@ class OpenSampling(Mixing):
         return torch.cat([x, noise_like(x, m, ctx.generator)]), y_all, y_all, torch.ones(b + m, device=x.device)
 
 
-@MIXING.register("pure_noise", paper="Zada, Benou & Irani, Pure Noise to the Rescue of Insufficient Data (OPeN), ICML 2022")
+@MIXING.register(
+    "pure_noise",
+    paper="Zada, Benou & Irani, Pure Noise to the Rescue of Insufficient Data (OPeN), ICML 2022",
+    traits=("second batch", "epoch hook"),
+    constraints={"delta": Interval(0, 1), "start_epoch": Interval(0, None)},
+)
 class PureNoise(Mixing):
     """OPeN: oversample the minority classes and replace part of the oversampled images by pure noise.
 
@@ -309,27 +369,35 @@ class PureNoise(Mixing):
 
     def __init__(self, class_counts: np.ndarray, delta: float = 1 / 3, start_epoch: int | None = None) -> None:
         super().__init__(class_counts)
-        check_range("delta", delta, 0.0, 1.0, closed_high=True)
-        if start_epoch is not None:
-            check_range("start_epoch", start_epoch, 0, float("inf"))
         self.delta, self.start_epoch = delta, start_epoch
         counts = self.class_counts.astype(np.float64)
         self.replace_prob = delta * (1 - counts / counts.max())
 
+    def active(self, epoch: int, epochs: int) -> bool:
+        return epoch >= (int(0.8 * epochs) if self.start_epoch is None else self.start_epoch)
+
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
+        self.switch_phase(self.active(epoch, state.cfg.epochs), state)
+
     def __call__(self, x, y, ctx):
-        start = int(0.8 * ctx.epochs) if self.start_epoch is None else self.start_epoch
-        if ctx.epoch < start:
+        if not self.active(ctx.epoch, ctx.epochs):
             set_noise_mask(ctx.model, None)
             return unmixed(x, y)
         x, y = draw_from(ctx, "class_balanced", len(y))
-        p = torch.as_tensor(self.replace_prob, dtype=torch.float32, device=x.device)[y]
+        p = self.constant("replace_prob", self.replace_prob, x.device)[y]
         mask = torch.rand(len(y), generator=ctx.generator, device=x.device) < p
         x = torch.where(mask.view(-1, *([1] * (x.ndim - 1))), noise_like(x, len(y), ctx.generator), x)
         set_noise_mask(ctx.model, mask)
         return unmixed(x, y)
 
 
-@MIXING.register("gae", paper="Zhang, Zhang, Li & Wu, Adversarial Examples for Good: Adversarial Examples Guided Imbalanced Learning, 2022")
+@MIXING.register(
+    "gae",
+    paper="Zhang, Zhang, Li & Wu, Adversarial Examples for Good: Adversarial Examples Guided Imbalanced Learning, 2022",
+    traits=("second pass",),
+    constraints={"eps": Interval(0, None), "steps": Interval(1, None), "start_epoch": Interval(0, None)},
+    eager="takes its adversarial gradient steps outside the graph",
+)
 class GuidedAdversarial(Mixing):
     """Guided adversarial examples: push majority images a few signed-gradient steps toward minority classes.
 
@@ -344,10 +412,6 @@ class GuidedAdversarial(Mixing):
 
     def __init__(self, class_counts: np.ndarray, eps: float = 0.1, steps: int = 3, start_epoch: int | None = None) -> None:
         super().__init__(class_counts)
-        check_range("eps", eps, 0.0, float("inf"))
-        check_range("steps", steps, 1, float("inf"))
-        if start_epoch is not None:
-            check_range("start_epoch", start_epoch, 0, float("inf"))
         self.eps, self.steps, self.start_epoch = eps, steps, start_epoch
         counts = self.class_counts.astype(np.float64)
         median = np.median(counts)
@@ -367,7 +431,9 @@ class GuidedAdversarial(Mixing):
         x_adv = x.detach().clone()
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(ctx.loss(ctx.model(x_adv), target), x_adv)
+            feats = ctx.model.features(x_adv)
+            loss = ctx.loss(ctx.model.head(feats), target, features=feats, domains=ctx.domains)
+            (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = (x_adv.detach() - (self.eps / self.steps) * grad.sign()).clamp(x - self.eps, x + self.eps)
         return torch.where(major.view(-1, *([1] * (x.ndim - 1))), x_adv, x), y, y, torch.ones(len(y), device=x.device)
 
@@ -382,7 +448,13 @@ def instance_stats(x: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, to
     return (x - mu) / sigma, mu, sigma
 
 
-@MIXING.register("tally_mix", paper=TALLY, needs=("domains",))
+@MIXING.register(
+    "tally_mix",
+    paper=TALLY,
+    traits=("domains", "images"),
+    constraints={"alpha": Interval(0, None, closed="neither"), "momentum": Interval(0, 1, closed="left"), "warmup": Interval(0, 1)},
+    eager="draws its style donors outside the graph",
+)
 class TallyMix(Mixing):
     """TALLY: re-style each image's domain-free content (mixed with its class prototype) with another domain's statistics.
 
@@ -411,9 +483,6 @@ class TallyMix(Mixing):
 
     def __init__(self, class_counts: np.ndarray, alpha: float = 0.5, momentum: float = 0.8, warmup: float = 7 / 15) -> None:
         super().__init__(class_counts)
-        check_range("alpha", alpha, 1e-6, float("inf"))
-        check_range("momentum", momentum, 0.0, 1.0)
-        check_range("warmup", warmup, 0.0, 1.0, closed_high=True)
         self.alpha, self.momentum, self.warmup = alpha, momentum, warmup
         self.prototypes: dict[str, torch.Tensor] = {}
 
@@ -459,7 +528,10 @@ class TallyMix(Mixing):
 
 
 @MIXING.register(
-    "bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020", needs=("bbn model",)
+    "bbn",
+    paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020",
+    traits=("bbn model", "second batch"),
+    eager="draws its reversed-sampler batch outside the graph",
 )
 class BilateralSampling(Mixing):
     """BBN's input pairing: the batch feeds the conventional branch, a reversed-sampler batch the re-balancing branch.

@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Check, Interval, Registry
+
+if TYPE_CHECKING:
+    from ltlib.state import TrainState
 
 MODELS = Registry("model", fixed=("input_shape", "num_classes", "head", "norm"))
 HEADS = Registry("head", fixed=("in_features", "num_classes"))
@@ -97,7 +100,11 @@ class LinearHead(nn.Linear):
         super().__init__(in_features, num_classes)
 
 
-@HEADS.register("cosine", paper="Cao et al., LDAM, NeurIPS 2019 (NormedLinear in the official code)")
+@HEADS.register(
+    "cosine",
+    paper="Cao et al., LDAM, NeurIPS 2019 (NormedLinear in the official code)",
+    constraints={"scale": Interval(0, None, closed="neither")},
+)
 class CosineHead(nn.Module):
     """Cosine classifier z_c = s · cos(f, w_c), no bias; LDAM's normed head.
 
@@ -121,7 +128,11 @@ class CosineHead(nn.Module):
         return self.scale * F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
 
 
-@HEADS.register("experts", paper="Sanchez Aimar, Jonnarth, Felsberg & Kuhlmann, Balanced Product of Calibrated Experts, CVPR 2023")
+@HEADS.register(
+    "experts",
+    paper="Sanchez Aimar, Jonnarth, Felsberg & Kuhlmann, Balanced Product of Calibrated Experts, CVPR 2023",
+    constraints={"num_experts": Interval(1, None), "scale": Interval(0, None, closed="neither")},
+)
 class ExpertsHead(nn.Module):
     """K expert classifiers on shared features; in training the stacked expert logits, at test their mean.
 
@@ -132,8 +143,6 @@ class ExpertsHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, num_experts: int = 3, normed: bool = True, scale: float = 30.0) -> None:
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts={num_experts} is out of range; allowed: >= 1")
         self.experts = nn.ModuleList(
             CosineHead(in_features, num_classes, scale) if normed else LinearHead(in_features, num_classes) for _ in range(num_experts)
         )
@@ -158,7 +167,12 @@ def batchnorm(channels: int) -> nn.Module:
 
 
 @NORMS.register(
-    "compound_bn", paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022"
+    "compound_bn",
+    paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022",
+    constraints={"components": Interval(1, None), "momentum": Interval(0, 1), "eps": Interval(0, None, closed="neither")},
+    # The graph engine's warm-up steps are undone by restoring the state dict, which would reset the
+    # mixture's first-batch initialisation after the layer has marked itself initialised.
+    eager="initialises its mixture from the first training batch, which the graph warm-up would undo",
 )
 class CompoundBatchNorm(nn.Module):
     """Compound batch norm: a K-component Gaussian mixture of feature statistics, fitted by moving-average EM.
@@ -176,15 +190,8 @@ class CompoundBatchNorm(nn.Module):
     checked here (no official code was found), so treat it as a tunable choice.
     """
 
-    # The graph engine's warm-up steps are undone by restoring the state dict, which would reset the
-    # mixture's first-batch initialisation after the layer has marked itself initialised.
-    not_graph_capturable = "initialises its mixture from the first training batch, which the graph warm-up would undo"
-
     def __init__(self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        if components < 1:
-            raise ValueError(f"components={components} is out of range; allowed: >= 1")
-        check_range("momentum", momentum, 0.0, 1.0, closed_high=True)
         self.components, self.momentum, self.eps = components, momentum, eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -280,6 +287,15 @@ def component_owners(components: int, splits: int) -> torch.Tensor:
 @NORMS.register(
     "compound_bn_dual",
     paper="Cheng, Fang, Zhang, Li & Huang, Compound Batch Normalization for Long-tailed Image Classification, ACM MM 2022",
+    traits=("second pass",),
+    constraints={
+        "components": Interval(1, None),
+        "momentum": Interval(0, 1),
+        "eps": Interval(0, None, closed="neither"),
+        "splits": Interval(2, None),
+        "consistency": Interval(0, None),
+    },
+    eager="runs a second, class-aware forward pass per training step (dual-path learning)",
 )
 class DualPathCompoundBatchNorm(CompoundBatchNorm):
     """Compound batch norm trained dual-path: an auxiliary pass with class-aware split normalisation diversifies the mixture.
@@ -302,7 +318,6 @@ class DualPathCompoundBatchNorm(CompoundBatchNorm):
     uses plain cross-entropy (no class weights) on the first labels of a mixed batch.
     """
 
-    not_graph_capturable = "runs a second, class-aware forward pass per training step (dual-path learning)"
     # Per-batch information set by :func:`set_batch_context`: the batch's labels (None: mainstream
     # path) and each class's frequency group (set once per epoch by the classifier).
     batch_context = ("labels", "class_group")
@@ -315,7 +330,6 @@ class DualPathCompoundBatchNorm(CompoundBatchNorm):
         super().__init__(channels, components, momentum, eps)
         if not 2 <= splits <= components:
             raise ValueError(f"splits={splits} is out of range; allowed: 2 <= splits <= components ({components})")
-        check_range("consistency", consistency, 0.0, float("inf"))
         self.splits, self.consistency = splits, consistency
         self.register_buffer("owner", component_owners(components, splits), persistent=False)
 
@@ -424,7 +438,7 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         """Tell layers that split a batch by class frequency (dual-path compound BN) each class's group."""
         for m in self.modules():
             if isinstance(m, DualPathCompoundBatchNorm):
@@ -468,7 +482,10 @@ class Classifier(nn.Module):
         return self
 
 
-@MODELS.register("mlp", paper="multi-layer perceptron")
+# Every model is a Classifier, whose on_epoch_start hands dual-path compound BN layers the class groups.
+@MODELS.register(
+    "mlp", paper="multi-layer perceptron", traits=("epoch hook",), constraints={"hidden": Interval(1, None), "depth": Interval(0, None)}
+)
 def mlp(
     input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", hidden: int = 128, depth: int = 2
 ) -> Classifier:
@@ -481,7 +498,7 @@ def mlp(
     return Classifier(nn.Sequential(*layers), width, num_classes, head)
 
 
-@MODELS.register("cnn", paper="a small two-block convolutional network")
+@MODELS.register("cnn", paper="a small two-block convolutional network", traits=("epoch hook",), constraints={"width": Interval(1, None)})
 def cnn(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm", width: int = 32) -> Classifier:
     """Small CNN: two conv–norm–ReLU–pool blocks, global average pooling."""
     c = input_shape[0]
@@ -566,7 +583,9 @@ def _resnet(depth: int):
 
 
 for _depth in (8, 20, 32):
-    MODELS.register(f"resnet{_depth}", paper="He, Zhang, Ren & Sun, Deep Residual Learning, CVPR 2016")(_resnet(_depth))
+    MODELS.register(f"resnet{_depth}", paper="He, Zhang, Ren & Sun, Deep Residual Learning, CVPR 2016", traits=("epoch hook",))(
+        _resnet(_depth)
+    )
 
 
 def auto_model(input_shape: tuple[int, ...]) -> str:
@@ -636,13 +655,21 @@ class BBNClassifier(Classifier):
 
     bilateral = True
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         super().on_epoch_start(epoch, state)
         self.backbone.alpha = cumulative_alpha(epoch, state.cfg.epochs)
         state.log["bbn_alpha"] = self.backbone.alpha
 
 
-@MODELS.register("bbn", paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020")
+@MODELS.register(
+    "bbn",
+    paper="Zhou, Cui, Wei & Chen, BBN: Bilateral-Branch Network with Cumulative Learning, CVPR 2020",
+    traits=("epoch hook",),
+    constraints={
+        "backbone": Check(lambda name: name == "auto" or (name in MODELS and name != "bbn"), "that names a model other than bbn, or auto"),
+        "branch_layers": Interval(1, None),
+    },
+)
 def bbn(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -659,8 +686,6 @@ def bbn(
     The classifier sees the concatenated features (one linear layer on [f_c, f_r], as the official code).
     """
     name = auto_model(input_shape) if backbone == "auto" else backbone
-    if name == "bbn":
-        raise ValueError("backbone='bbn' is not allowed; choose an mlp, cnn or resnet backbone")
     first, second = (MODELS.build(name, input_shape, num_classes, head="linear", norm=norm) for _ in range(2))
     trunk, conventional = _split_backbone(first.backbone, branch_layers)
     _, rebalancing = _split_backbone(second.backbone, branch_layers)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Check, Interval, Registry
+
+if TYPE_CHECKING:
+    from ltlib.state import TrainState
 
 OPTIMIZERS = Registry("optimizer", fixed=("params", "lr", "momentum", "weight_decay", "nesterov"))
 
@@ -41,6 +44,8 @@ def _start_epoch(start_epoch: int | None, fraction: float, epochs: int) -> int:
     "sam",
     paper="Foret, Kleiner, Mobahi & Neyshabur, Sharpness-Aware Minimization, ICLR 2021; for long tail: "
     "Rangwani, Aithal, Mishra & Babu, Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data, NeurIPS 2022",
+    traits=("epoch hook", "second pass"),
+    constraints={"rho": Interval(0, None), "start_epoch": Interval(0, None)},
 )
 class SAM(torch.optim.SGD):
     """Sharpness-aware minimisation: SGD with the gradient taken at the worst point w + ρ·g/‖g‖ nearby.
@@ -68,14 +73,15 @@ class SAM(torch.optim.SGD):
         rho: float = 0.05,
         start_epoch: int = 0,
     ) -> None:
-        check_range("rho", rho, 0.0, float("inf"))
-        check_range("start_epoch", start_epoch, 0, float("inf"))
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
         self.rho, self.start_epoch = rho, start_epoch
         self.active = start_epoch == 0
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
-        self.active = epoch >= self.start_epoch
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
+        active = epoch >= self.start_epoch
+        if active != self.active:
+            state.rebuild = True  # the step gains (or loses) its second pass
+        self.active = active
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -96,16 +102,40 @@ class SAM(torch.optim.SGD):
         return loss
 
 
-@OPTIMIZERS.register("absgd", paper="Qi, Xu, Jin, Yin & Yang, Attentional-Biased Stochastic Gradient Descent, TMLR 2023")
+@OPTIMIZERS.register(
+    "absgd",
+    paper="Qi, Xu, Jin, Yin & Yang, Attentional-Biased Stochastic Gradient Descent, TMLR 2023",
+    traits=("epoch hook", "reduces batch"),
+    constraints={
+        "lam": Check(lambda v: v != 0, "non-zero (> 0 for imbalance, < 0 for label noise)"),
+        "gamma": Interval(0, 1, closed="right"),
+        "alpha": Interval(0, None, closed="neither"),
+        "start_epoch": Interval(0, None),
+    },
+    eager="is not captured (only plain SGD is)",
+)
 class ABSGD(torch.optim.SGD):
     """Attentional-biased SGD: momentum SGD on Σ p_i ℓ_i with p_i ∝ exp(ℓ_i/λ), a per-sample attention on hard samples.
 
     Paper: p_i = exp(ℓ_i/λ) / Σ_j exp(ℓ_j/λ) over the mini-batch (λ > 0 favours high-loss samples, for
-    imbalance; λ < 0 discounts them, for label noise; |λ| → ∞ is plain SGD). The official code normalises with a moving average instead of the batch sum,
-    u ← (1 − γ)·u + γ·α·mean_j exp(ℓ_j/λ), p_i = exp(ℓ_i/λ) / (u·B), with u starting at 0 and p
-    detached (no gradient through the weights); this is what is implemented. ℓ_i are the loss's
-    per-sample values, already multiplied by class weights (DRW), as the official code feeds its
-    class-weighted CE. Defaults from the official README's CIFAR-10-LT command: λ = 5, γ = 0.7,
+    imbalance; λ < 0 discounts them, for label noise; |λ| → ∞ is plain SGD). The official code normalises
+    with a moving average instead of the batch sum, and this is what is implemented:
+    u ← (1 − γ)·u + γ·α·mean_j exp(ℓ_j/λ), p_i = exp(ℓ_i/λ) / (u·B), objective Σ_i p_i ℓ_i, with u
+    starting at 0 and p detached (no gradient through the weights). Official code: github.com/qiqi-helloworld/ABSGD
+    (commit a2b26f5), ``mylosses.py``, class ``ABSGD``: ``self.u = 0`` (l. 29), ``expLoss = torch.exp(loss /
+    myLambda)`` (l. 47), ``self.u = (1 - self.gamma) * self.u + self.gamma * (self.robAlpha *
+    torch.mean(expLoss))`` (l. 49), ``drop = expLoss/(self.u * len(loss))``, ``drop.detach_()`` (l. 50–51),
+    ``torch.sum(p * loss)`` (l. 54); the same in ``wilds-competition/mylosses.py`` (l. 36–39).
+    The weights sum to about 1/α once u has settled and to 1/(γα) on the first step, where u = 0 (2 and
+    2.9 at the defaults); no single p_i exceeds 1/(γα).
+
+    Numerics (the official code has none): exp(ℓ/λ) overflows float32 once some ℓ_i > 88.7·λ (443 at
+    λ = 5); u is then inf and p = inf/inf = NaN, which ends the run. Here u is kept as log u and updated
+    with log-sum-exp, log u ← logaddexp(log(1 − γ) + log u, log(γα) + logmeanexp(ℓ/λ)), and
+    p_i = exp(ℓ_i/λ − log u)/B: the same p_i, whose exponent is at most log(B/(γα)), so it cannot overflow.
+
+    ℓ_i are the loss's per-sample values, already multiplied by class weights (DRW), as the official code
+    feeds its class-weighted CE. Defaults from the official README's CIFAR-10-LT command: λ = 5, γ = 0.7,
     α = 0.5, and λ switches on at epoch 160 of 200 (``--lamda_shots``; before it λ = 200, which the code
     treats as the plain batch mean): ``start_epoch`` = 0.8·epochs by default.
     """
@@ -122,16 +152,18 @@ class ABSGD(torch.optim.SGD):
         alpha: float = 0.5,
         start_epoch: int | None = None,
     ) -> None:
-        if lam == 0 or not math.isfinite(lam):
-            raise ValueError(f"lam={lam} is out of range; allowed: finite and non-zero (> 0 for imbalance, < 0 for label noise)")
-        check_range("gamma", gamma, 1e-6, 1.0, closed_high=True)
-        check_range("alpha", alpha, 1e-6, float("inf"))
-        if start_epoch is not None:
-            check_range("start_epoch", start_epoch, 0, float("inf"))
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
         self.lam, self.gamma, self.alpha, self.start_epoch = lam, gamma, alpha, start_epoch
         self.active = start_epoch == 0
-        self.u: torch.Tensor | float = 0.0
+        self.log_u: torch.Tensor | None = None  # log of the official moving average u; None while u = 0
+
+    @property
+    def u(self) -> float:
+        """The official code's moving average u, for inspection (inf where it is beyond the float range)."""
+        if self.log_u is None:
+            return 0.0
+        log_u = float(self.log_u)
+        return math.exp(log_u) if log_u < 709.0 else math.inf
 
     def on_epoch_start(self, epoch: int, state: Any) -> None:
         self.active = epoch >= _start_epoch(self.start_epoch, 0.8, state.cfg.epochs)
@@ -140,6 +172,12 @@ class ABSGD(torch.optim.SGD):
         """The batch objective from per-sample losses: Σ p_i ℓ_i once active, the plain mean before."""
         if not self.active:
             return values.mean()
-        e = torch.exp(values.detach() / self.lam)
-        self.u = (1 - self.gamma) * self.u + self.gamma * self.alpha * e.mean()
-        return (e / (self.u * len(values)) * values).sum()
+        z = values.detach().float() / self.lam
+        n = len(values)
+        # log(γ·α·mean_j exp(ℓ_j/λ)), by log-sum-exp: finite for any finite ℓ.
+        log_new = math.log(self.gamma * self.alpha) + torch.logsumexp(z, 0) - math.log(n)
+        if self.log_u is not None and self.gamma < 1:
+            log_new = torch.logaddexp(math.log(1 - self.gamma) + self.log_u, log_new)
+        self.log_u = log_new
+        p = torch.exp(z - log_new) / n  # = exp(ℓ_i/λ) / (u·B); the exponent is ≤ log(B/(γα))
+        return (p * values).sum()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltlib.train import Config
+from ltlib.config import Config
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: digits-LT (imbalance 100), an MLP, 30 epochs.

@@ -4,25 +4,32 @@
 drawing each class; images are then drawn uniformly within a class, with replacement, as the
 papers' samplers do. ``instance`` is the ordinary shuffled epoch (each image once).
 
-A sampler is usually a function of the counts and the epoch. A sampler that *learns* (``meta``)
-is a class: the training loop builds it once and calls its ``on_epoch_start(epoch, state)`` hook,
-which replaces ``state.class_probs`` for that epoch; ``class_probabilities`` gives its starting rates.
+A run uses one :class:`Sampler`, made by :func:`build` with its name, parameters and the class
+counts fixed at build time: ``probabilities(epoch)`` gives the class probabilities of an epoch,
+``within_class(labels, domains)`` any per-image weights and ``on_epoch_start`` its hook.
+
+A sampler is usually a function of the counts and the epoch. A sampler that *learns* (``meta``,
+trait "epoch hook") is a class: :func:`build` makes it once and its ``on_epoch_start(epoch, state)``
+hook replaces ``state.class_probs`` for that epoch; ``class_probabilities`` gives its starting rates.
 
 A sampler may also spread its class's probability unevenly over the class's images (decorator
-:func:`within_class`, e.g. equally over the domains of a class); :func:`within_class_weights`
+:func:`within_class`, e.g. equally over the domains of a class); :meth:`Sampler.within_class`
 returns those per-image weights and :func:`draw_indices` uses them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Interval, Registry
+
+if TYPE_CHECKING:
+    from ltlib.state import TrainState
 
 SAMPLERS = Registry("sampler", fixed=("class_counts", "epoch", "epochs"))
 TALLY = "Yang, Yao, Zhou & Finn, Multi-Domain Long-Tailed Learning by Augmenting Disentangled Representations, TMLR 2023"
@@ -34,24 +41,56 @@ def available() -> list[str]:
     return SAMPLERS.available()
 
 
+class Sampler:
+    """The sampler a run uses: its name, parameters and class counts, fixed at build time.
+
+    ``instance`` is True only for ``instance``, the ordinary shuffled epoch (each image once:
+    ``draw_indices(shuffle_epoch=True)``). A learning sampler (trait "epoch hook") is built once as
+    ``learner``; its hook learns the rates that ``probabilities`` then returns.
+    """
+
+    def __init__(self, name: str, class_counts: np.ndarray | list[int], epochs: int, params: dict[str, Any]) -> None:
+        entry = SAMPLERS.get(name)
+        self.name, self.params, self.traits = name, dict(params), entry.traits
+        self.class_counts = np.asarray(class_counts, dtype=np.float64)
+        self.epochs = epochs
+        self.instance = name == "instance"
+        self._fn = entry.obj
+        self._within = _within_of(name)
+        self.learner = entry.obj(self.class_counts, 0, epochs, **self.params) if "epoch hook" in self.traits else None
+
+    def probabilities(self, epoch: int) -> np.ndarray:
+        """Per-class probabilities at ``epoch`` (sum to 1); a learning sampler's current rates."""
+        if self.learner is not None:
+            p = self.learner.probabilities()
+        else:
+            p = self._fn(self.class_counts, epoch, self.epochs, **self.params)
+        p = np.asarray(p, dtype=np.float64)
+        return p / p.sum()
+
+    def within_class(self, labels: torch.Tensor, domains: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-image weights within each class (``selective_balanced``), or None for uniform within a class."""
+        return None if self._within is None else self._within(labels, domains)
+
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
+        """A learning sampler's hook (it sets ``state.class_probs``); nothing for a fixed sampler."""
+        if self.learner is not None:
+            self.learner.on_epoch_start(epoch, state)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"Sampler({self.name!r}{', ' + params if params else ''})"
+
+
+def build(name: str, class_counts: np.ndarray | list[int], epochs: int, **params: Any) -> Sampler:
+    """The sampler ``name`` with ``params`` (validated by ``SAMPLERS.check_params``) for a run of ``epochs``."""
+    SAMPLERS.check_params(name, params)
+    return Sampler(name, class_counts, epochs, params)
+
+
 def class_probabilities(name: str, class_counts: np.ndarray | list[int], epoch: int = 0, epochs: int = 1, **params: Any) -> np.ndarray:
     """Per-class sampling probabilities (sum to 1) of sampler ``name`` at ``epoch`` of ``epochs``."""
-    counts = np.asarray(class_counts, dtype=np.float64)
-    p = SAMPLERS.build(name, counts, epoch, epochs, **params)
-    if learns(name):
-        p = p.probabilities()
-    p = np.asarray(p, dtype=np.float64)
-    return p / p.sum()
-
-
-def learns(name: str) -> bool:
-    """True for samplers that change during training through an ``on_epoch_start`` hook (``meta``)."""
-    return hasattr(SAMPLERS.get(name).obj, "on_epoch_start")
-
-
-def build_learner(name: str, class_counts: np.ndarray, epochs: int, **params: Any) -> Any:
-    """The sampler object whose hook the loop calls each epoch, or None for a fixed sampler."""
-    return SAMPLERS.build(name, np.asarray(class_counts, dtype=np.float64), 0, epochs, **params) if learns(name) else None
+    return build(name, class_counts, epochs, **params).probabilities(epoch)
 
 
 def power_law(counts: np.ndarray, q: float) -> np.ndarray:
@@ -80,13 +119,12 @@ def sqrt(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
     return power_law(class_counts, 0.5)
 
 
-@SAMPLERS.register("power", paper="Kang et al., Decoupling Representation and Classifier, ICLR 2020")
+@SAMPLERS.register("power", paper="Kang et al., Decoupling Representation and Classifier, ICLR 2020", constraints={"q": Interval(-1, 1)})
 def power(class_counts: np.ndarray, epoch: int, epochs: int, q: float = 0.5) -> np.ndarray:
     """Power-law sampling: p_c ∝ n_c^q (q = 1 instance, ½ square-root, 0 class-balanced, −1 reversed).
 
     Kang et al. write every sampler as this family with q ∈ [0, 1]; q is allowed down to −1 here.
     """
-    check_range("q", q, -1.0, 1.0, closed_high=True)
     return power_law(class_counts, q)
 
 
@@ -114,7 +152,13 @@ def _invert_sigmoid(p: torch.Tensor) -> torch.Tensor:
     return p.log() - (1 - p).log()
 
 
-@SAMPLERS.register("meta", paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020")
+@SAMPLERS.register(
+    "meta",
+    paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020",
+    traits=("epoch hook",),
+    constraints={"lr": Interval(0, None, closed="neither"), "meta_per_class": Interval(1, None), "meta_steps": Interval(0, None)},
+    eager="learns between epochs with its own forward and backward passes",
+)
 class MetaSampler:
     """Meta sampler (BALMS): per-class sampling rates learned by a bilevel step on a balanced meta set.
 
@@ -145,10 +189,6 @@ class MetaSampler:
         meta_steps: int | None = None,
         init_pow: float = 0.0,
     ) -> None:
-        check_range("lr", lr, 1e-12, float("inf"))
-        check_range("meta_per_class", meta_per_class, 1, float("inf"))
-        if meta_steps is not None:
-            check_range("meta_steps", meta_steps, 0, float("inf"))
         counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
         prior = counts.clamp_min(1) / counts.clamp_min(1).sum()
         r = prior ** (-init_pow)
@@ -164,7 +204,7 @@ class MetaSampler:
             p = self.counts * torch.sigmoid(self.w.detach().cpu())
         return (p / p.sum()).double().numpy()
 
-    def meta_step(self, state: Any, batch_size: int) -> float:
+    def meta_step(self, state: TrainState, batch_size: int) -> float:
         """One bilevel update of w; returns the meta (balanced) loss before the update."""
         model, loss_fn, dev = state.model, state.loss, state.device
         x_train, y_train = state.data.x_train, state.data.y_train
@@ -182,8 +222,8 @@ class MetaSampler:
             feats = model.features(state.inputs(x_train[idx])).float()
             meta_feats = model.features(state.inputs(x_train[self.meta_idx])).float()
         model.train(was_training)
-        extra = {"features": feats} if loss_fn.needs_features else {}
-        per_image = loss_fn(model.head(feats).float(), classes.to(dev), reduction="none", **extra).cpu()
+        domains = None if state.data.domains_train is None else state.data.domains_train[idx].to(dev)
+        per_image = loss_fn(model.head(feats).float(), classes.to(dev), reduction="none", features=feats, domains=domains).cpu()
         train_loss = (per_image * picked.sum(1)).mean()
         head = dict(model.head.named_parameters())
         grads = torch.autograd.grad(train_loss, list(head.values()), create_graph=True)
@@ -196,7 +236,7 @@ class MetaSampler:
         self.optimizer.step()
         return float(meta_loss.detach())
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         labels = state.data.y_train
         if self.meta_idx is None:
             perm = torch.randperm(len(labels), generator=state.generator, device=state.device).cpu()
@@ -218,6 +258,11 @@ def _uniform_within(labels: torch.Tensor, classes: torch.Tensor, u: torch.Tensor
     return order[starts[classes] + offset]
 
 
+def _within_of(name: str) -> WithinClass | None:
+    """The per-image weights a sampler's :func:`within_class` decorator attached, or None."""
+    return getattr(SAMPLERS.get(name).obj, "within_class", None)
+
+
 def within_class(weights: WithinClass) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the sampler spreads class c's probability over its images ∝ ``weights(labels, domains)``."""
 
@@ -228,10 +273,23 @@ def within_class(weights: WithinClass) -> Callable[[Callable[..., Any]], Callabl
     return attach
 
 
-def within_class_weights(name: str, labels: torch.Tensor, domains: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Per-image weights of sampler ``name`` within each class, or None for uniform within a class."""
-    weights = getattr(SAMPLERS.get(name).obj, "within_class", None)
-    return None if weights is None else weights(labels, domains)
+class Drawer:
+    """Draws ``n`` training indices by class probabilities, as :func:`draw_indices` does, without a
+    host synchronisation: the per-class counts are counted once and each probability vector is
+    copied to the device once, so a draw can run inside a captured CUDA graph (mixing methods that
+    draw a second batch every step)."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
+        self.labels = labels
+        self.counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+        self._weights: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, class_probs: np.ndarray, n: int, generator: torch.Generator) -> torch.Tensor:
+        key = np.asarray(class_probs, dtype=np.float32).tobytes()
+        if key not in self._weights:
+            p = torch.as_tensor(class_probs, dtype=torch.float32, device=self.labels.device)
+            self._weights[key] = (p / self.counts)[self.labels]
+        return torch.multinomial(self._weights[key], n, replacement=True, generator=generator)
 
 
 def draw_indices(
@@ -267,7 +325,7 @@ def domain_balanced_within_class(labels: torch.Tensor, domains: torch.Tensor | N
     return 1.0 / torch.bincount(pair)[pair].float()
 
 
-@SAMPLERS.register("selective_balanced", paper=TALLY, needs=("domains",))
+@SAMPLERS.register("selective_balanced", paper=TALLY, traits=("domains",))
 @within_class(domain_balanced_within_class)
 def selective_balanced(class_counts: np.ndarray, epoch: int, epochs: int) -> np.ndarray:
     """TALLY's selective balanced sampling: a class uniformly, then one of its domains uniformly, then an image.

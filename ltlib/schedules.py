@@ -1,20 +1,24 @@
 """Training schedules: the learning rate over epochs, and hooks that change the method mid-run.
 
 A schedule hook (registry ``SCHEDULES``) is called at the start of every epoch with the training
-state and may change the loss's class weights, the sampler, … (DRW, two-stage schemes).
+state and may change the loss's class weights, the sampler, … (DRW, two-stage schemes). Schedules
+that swap the trained parameters mid-run declare the trait "changes model" and run eagerly.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ltlib import samplers
 from ltlib.losses import effective_number_weights
-from ltlib.registry import Registry, check_range
+from ltlib.registry import Interval, Registry
+
+if TYPE_CHECKING:
+    from ltlib.state import TrainState
 
 SCHEDULES = Registry("schedule", fixed=("epochs",))
 
@@ -47,16 +51,16 @@ def learning_rate(
 class Schedule:
     """Base hook: ``on_epoch_start(epoch, state)``; ``state`` has ``loss``, ``model``, ``class_counts``…
 
-    ``changes_model = True`` marks schedules that swap trainable parameters mid-run, which the
-    CUDA-graph engine (captured once, before the first epoch) cannot follow.
+    A schedule that swaps trainable parameters mid-run declares the trait "changes model" (and an
+    ``eager`` reason): the CUDA-graph engine, captured once before the first epoch, cannot follow it.
     """
 
-    changes_model: bool = False
+    traits: frozenset[str] = frozenset()
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         pass
 
 
@@ -65,7 +69,12 @@ class NoSchedule(Schedule):
     """No change during training."""
 
 
-@SCHEDULES.register("drw", paper="Cao, Wei, Gaidon, Arechiga & Ma, LDAM-DRW, NeurIPS 2019")
+@SCHEDULES.register(
+    "drw",
+    paper="Cao, Wei, Gaidon, Arechiga & Ma, LDAM-DRW, NeurIPS 2019",
+    traits=("epoch hook",),
+    constraints={"start_epoch": Interval(0, None), "beta": Interval(0, 1, closed="left")},
+)
 class DeferredReweighting(Schedule):
     """Deferred re-weighting: from ``start_epoch`` the loss weights classes by effective number.
 
@@ -75,13 +84,10 @@ class DeferredReweighting(Schedule):
 
     def __init__(self, epochs: int, start_epoch: int | None = None, beta: float = 0.9999) -> None:
         super().__init__(epochs)
-        check_range("beta", beta, 0.0, 1.0)
         self.start_epoch = int(0.8 * epochs) if start_epoch is None else start_epoch
-        if self.start_epoch < 0:
-            raise ValueError(f"start_epoch={start_epoch} is out of range; allowed: >= 0")
         self.beta = beta
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         if epoch == self.start_epoch:
             state.loss.set_class_weight(effective_number_weights(state.class_counts, self.beta))
 
@@ -97,7 +103,6 @@ class TwoStage(Schedule):
     with cosine decay to 0, the stage-1 lr).
     """
 
-    changes_model = True
     stage2_fraction = 0.1
 
     def __init__(self, epochs: int, start_epoch: int | None = None, freeze_norm_stats: bool = True) -> None:
@@ -114,10 +119,11 @@ class TwoStage(Schedule):
         """Prepare the model for stage 2 and return the parameters stage 2 trains."""
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         if epoch < self.start_epoch:
             return
         if epoch == self.start_epoch:
+            state.rebuild = True  # stage 2 trains other parameters: a fresh epoch runner
             state.model.freeze_backbone(self.freeze_norm_stats)
             state.model.requires_grad_(False)
             params = self.stage2_parameters(state.model)
@@ -129,15 +135,21 @@ class TwoStage(Schedule):
                 state.optimizer.add_param_group({"params": new})
             # Stage 2 starts its own optimisation: no momentum carried over from stage 1.
             state.optimizer.state.clear()
-        state.sampler = "class_balanced"
-        state.class_probs = samplers.class_probabilities("class_balanced", state.class_counts)
+        # The stage-2 sampler is plain class-balanced: none of the run's sampler parameters apply to it.
+        state.sampler = samplers.build("class_balanced", state.class_counts, self.epochs)
+        state.class_probs = state.sampler.probabilities(epoch)
         t, length = epoch - self.start_epoch, self.epochs - self.start_epoch
         for group in state.optimizer.param_groups:
             group["lr"] = 0.5 * state.cfg.lr * (1 + math.cos(math.pi * t / length))
         state.log["stage"] = 2
 
 
-@SCHEDULES.register("crt", paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020")
+@SCHEDULES.register(
+    "crt",
+    paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020",
+    traits=("epoch hook", "changes model"),
+    constraints={"start_epoch": Interval(1, None)},
+)
 class ClassifierRetraining(TwoStage):
     """cRT: after stage 1, re-initialise the classifier and re-train only it with class-balanced sampling.
 
@@ -214,7 +226,12 @@ def _head_weight(head: nn.Module) -> torch.Tensor:
     return weight
 
 
-@SCHEDULES.register("lws", paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020")
+@SCHEDULES.register(
+    "lws",
+    paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020",
+    traits=("epoch hook", "changes model"),
+    constraints={"start_epoch": Interval(1, None)},
+)
 class LearnableWeightScaling(TwoStage):
     """LWS: after stage 1, learn only a per-class scale f_c of the classifier, z_c = f_c·(w_c·x + b_c).
 
@@ -232,7 +249,10 @@ class LearnableWeightScaling(TwoStage):
 
 
 @SCHEDULES.register(
-    "marc", paper="Wang, Zhang, Hou, Wu, Wang & Shinozaki, Margin Calibration for Long-Tailed Visual Recognition, ACML 2022"
+    "marc",
+    paper="Wang, Zhang, Hou, Wu, Wang & Shinozaki, Margin Calibration for Long-Tailed Visual Recognition, ACML 2022",
+    traits=("epoch hook", "changes model"),
+    constraints={"start_epoch": Interval(1, None)},
 )
 class MarginCalibration(TwoStage):
     """MARC: after stage 1, learn per-class ω_c, β_c with z'_c = ω_c·z_c + β_c·‖w_c‖, all else frozen.

@@ -27,7 +27,7 @@ import torch
 from ltlib.data import Dataset, load_dataset
 from ltlib.fast import GraphEpoch, Member
 from ltlib.stack import copy_pairs, stack_backbones, stack_reason
-from ltlib.train import Config, Event, Result, resolve_device, train
+from ltlib.train import Config, Event, Result, choose_engine, resolve_device, train
 
 # Models per stack: eight ResNet-32s already keep an H100 busy (docs/performance.md).
 MAX_STACK = 8
@@ -141,6 +141,10 @@ def _stack_key(cfg: Config, model: torch.nn.Module, member: Member) -> str:
     layers = [(name, type(m).__name__, [tuple(p.shape) for p in m.parameters(recurse=False)]) for name, m in model.backbone.named_modules()]
     settings = [cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.milestones(), cfg.lr_gamma, cfg.cosine]
     settings += [cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.bf16, cfg.compile, cfg.channels_last, cfg.device]
+    # Runs mix only with runs of the same mixing: a member's batch size is its mixer's, and a plain run
+    # stacked beside a Mixup run drifted from itself trained alone (5.6e-5 of the first epoch's loss on
+    # the CPU, cause not found), while runs of one mixing match their runs alone.
+    settings += [cfg.mixing, json.dumps(cfg.mixing_params, sort_keys=True)]
     return json.dumps([layers, list(member.x_train.shape), str(member.x_train.device), settings])
 
 
@@ -221,7 +225,7 @@ class Stacker:
 
 @dataclass
 class Seat:
-    """A run's place at a :class:`Stacker` (what ``train(stack=...)`` takes)."""
+    """A run's place at a :class:`Stacker`: its ``join`` is the run's ``train(graph_epoch_factory=...)``."""
 
     stacker: Stacker
     slot: int
@@ -277,10 +281,15 @@ def train_many(
         seat = Seat(stacker, i) if stacker is not None else None
         try:
             device = resolve_device(cfg.device)
+            factory = None
+            if seat is not None and choose_engine(cfg, device)[0] == "graph":
+                factory = seat.join
+            elif seat is not None:
+                seat.leave()  # an eager run: the stacks need not wait for it
             if device.type != "cuda":
-                return train(cfg, [sink], cancel, ds, save, root, seat)
+                return train(cfg, [sink], cancel, ds, save, root, factory)
             with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-                return train(cfg, [sink], cancel, ds, save, root, seat)
+                return train(cfg, [sink], cancel, ds, save, root, factory)
         except BaseException:
             ready.abort()  # the other runs stop waiting for this one
             raise

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ltlib.models import DualPathCompoundBatchNorm, build_model, component_owners, frequency_groups, set_batch_context
+from ltlib.models import NORMS, DualPathCompoundBatchNorm, build_model, component_owners, frequency_groups, set_batch_context
 from ltlib.presets import preset
 from ltlib.train import train
 
@@ -96,19 +96,20 @@ def test_extra_loss_runs_the_auxiliary_pass_only_in_training():
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="splits=4 is out of range"):
         DualPathCompoundBatchNorm(4, components=3, splits=4)
-    with pytest.raises(ValueError, match="consistency"):
-        DualPathCompoundBatchNorm(4, consistency=-1.0)
+    with pytest.raises(ValueError, match=r"norm layer 'compound_bn_dual': consistency=-1 is out of range; allowed: a number in \[0, inf\)"):
+        NORMS.build("compound_bn_dual", 4, consistency=-1.0)
+    with pytest.raises(ValueError, match="splits=1 is out of range"):
+        build_model("cnn", (1, 8, 8), 3, norm="compound_bn_dual", norm_params={"splits": 1})
 
 
 def test_dual_compound_bn_trains_two_epochs_of_digits_eagerly():
-    from ltlib.fast import unsupported_reason
-    from ltlib.losses import build
+    from ltlib.families import eager_reason
 
     cfg = preset("digits-quick", epochs=2, model="cnn", norm="compound_bn_dual")
     result = train(cfg, save=False)
     assert len(result.history) == 2 and all(math.isfinite(h["loss"]) for h in result.history)
     assert 0.0 <= result.eval["balanced_accuracy"] <= 1.0
-    assert "second, class-aware forward pass" in unsupported_reason(cfg, build("ce", [3, 2]))
+    assert "second, class-aware forward pass" in eager_reason(cfg)
 
 
 def test_dual_compound_bn_is_selectable_from_the_cli(capsys):

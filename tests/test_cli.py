@@ -6,6 +6,7 @@ import pytest
 from ltlib.cli import main
 from ltlib.data import FASHION_MNIST_DIR
 from ltlib.runs import list_runs
+from ltlib.schedules import SCHEDULES
 
 
 def run_cli(*args):
@@ -87,3 +88,17 @@ def test_methods_lists_registries(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "ldam" in out and "Cao" in out and "digits-quick" in out
+
+
+TWO_STAGE = [e.name for e in SCHEDULES.entries() if "changes model" in e.traits]
+
+
+@pytest.mark.parametrize("schedule", TWO_STAGE)
+@pytest.mark.parametrize("sampler, params", [("power", ["--sampler-param", "q=0.5"]), ("meta", ["--sampler-param", "meta_steps=1"])])
+def test_two_stage_schedules_train_with_any_sampler_and_its_parameters(schedule, sampler, params, tmp_path):
+    """Stage 2 switches to class-balanced sampling without inheriting stage 1's sampler parameters."""
+    argv = ["train", "--preset", "digits-quick", "--epochs", "4", "--schedule", schedule, "--sampler", sampler, *params]
+    assert main([*argv, "--quiet", "--out", str(tmp_path)]) == 0
+    (run,) = list_runs(tmp_path)
+    assert run.status == "finished" and [h.get("stage") for h in run.history][-1] == 2
+    assert "sampler_rates" not in run.history[-1]  # the meta sampler no longer runs in stage 2

@@ -129,6 +129,35 @@ def test_imagefolder_bad_inputs(tmp_path):
         load_dataset("imagefolder", path=str(tmp_path / "corrupt"))
     with pytest.raises(ValueError, match="needs a path"):
         load_dataset("imagefolder")
+    with pytest.raises(ValueError, match=r"dataset 'imagefolder': test_fraction=1 is out of range; allowed: a number in \(0, 1\)"):
+        load_dataset("imagefolder", path=str(tmp_path / "corrupt"), test_fraction=1.0)
+
+
+def test_datasets_declare_images_and_domains_as_they_load():
+    from ltlib.data import DATASETS
+
+    for name in ("toy2d", "digits", "digits-domains"):
+        ds, traits = load_dataset(name), DATASETS.get(name).traits
+        assert ("images" in traits) == ds.is_image and ("domains" in traits) == (ds.domains_train is not None)
+    assert DATASETS.get("toy2d").traits == frozenset()
+    assert DATASETS.get("fashion-mnist-domains").traits == {"images", "domains"}
+    assert all("images" in DATASETS.get(n).traits for n in ("fashion-mnist", "cifar10", "imagefolder"))
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("toy2d", {"num_classes": 1}, r"dataset 'toy2d': num_classes=1 is out of range; allowed: an integer in \[2, inf\)"),
+        ("toy2d", {"spread": 0.0}, "spread=0 is out of range"),
+        ("digits", {"n_test_per_class": 0}, "n_test_per_class=0 is out of range"),
+        ("digits", {"n_test_per_class": 2.5}, "n_test_per_class=2.5 must be an integer"),
+        ("digits", {"n_test_per_class": 500}, r"n_test_per_class=500 is out of range; allowed: \[1, \d+\]"),
+        ("digits-domains", {"n_test_per_class": 0}, "n_test_per_class=0 is out of range"),
+    ],
+)
+def test_dataset_parameters_are_checked(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        load_dataset(name, **params)
 
 
 def test_random_crop_flip_matches_a_shifted_window():

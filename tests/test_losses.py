@@ -1,6 +1,7 @@
 """The loss zoo: every registered loss is finite, differentiable and trains; each matches its paper's
 formula on a hand-computed case (3 classes, 2 samples) worked out here with math/numpy, not the library."""
 
+import inspect
 import math
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from ltlib import losses
-from ltlib.fast import unsupported_reason
+from ltlib.families import eager_reason
 from ltlib.presets import preset
 from ltlib.train import train
 
@@ -44,11 +45,9 @@ def _ldam_margins(max_m=0.5):
     return m * max_m / m.max()
 
 
-def _extra(loss, features):
-    extra = {"features": features} if loss.needs_features else {}
-    if loss.needs_domains:  # multi-domain losses (tally_proto): every sample in domain 0
-        extra["domains"] = torch.zeros(len(features), dtype=torch.long)
-    return extra
+def _extra(features):
+    """What every caller passes to every loss: the features and the domain ids (all in domain 0 here)."""
+    return {"features": features, "domains": torch.zeros(len(features), dtype=torch.long)}
 
 
 def _preset_for(name):
@@ -70,13 +69,12 @@ def test_finite_loss_and_gradient_on_random_data(name):
     features = torch.randn(16, 8, generator=gen)
     targets = torch.randint(0, 4, (16,), generator=gen)
     targets[3] = 4  # the rarest class has a single sample in this batch
-    if hasattr(loss, "attach"):  # losses with their own layers (ResCom's projection head) size them from the model
-        loss.attach(SimpleNamespace(feature_dim=features.shape[1]))
-    value = loss(logits, targets, **_extra(loss, features))
+    loss.attach(SimpleNamespace(feature_dim=features.shape[1]))  # own layers (ResCom's projection head) sized by the model
+    value = loss(logits, targets, **_extra(features))
     value.backward()
     assert value.ndim == 0 and torch.isfinite(value)
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    per_sample = loss(logits.detach(), targets, reduction="none", **_extra(loss, features))
+    per_sample = loss(logits.detach(), targets, reduction="none", **_extra(features))
     assert per_sample.shape == (16,) and torch.isfinite(per_sample).all()
 
 
@@ -95,9 +93,37 @@ def test_every_loss_trains_two_epochs(name):
 
 @pytest.mark.parametrize("name", losses.available())
 def test_graph_engine_refuses_losses_with_hooks_or_features(name):
+    entry = losses.LOSSES.get(name)
+    reason = eager_reason(preset("digits-quick", loss=name))
+    assert (reason is not None) == (entry.eager is not None)
+    assert (entry.eager is not None) == bool(entry.traits & {"features", "domains", "epoch hook", "own parameters"})
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_every_loss_behaves_as_its_traits_say(name):
+    entry = losses.LOSSES.get(name)
     loss = losses.build(name, COUNTS)
-    reason = unsupported_reason(preset("digits-quick", loss=name), loss)
-    assert (reason is not None) == (loss.needs_features or loss.needs_domains or hasattr(loss, "on_epoch_start"))
+    assert loss.traits == entry.traits
+    assert ("epoch hook" in entry.traits) == hasattr(loss, "on_epoch_start")
+    loss.attach(SimpleNamespace(feature_dim=4))
+    assert ("own parameters" in entry.traits) == any(True for _ in loss.parameters())
+    assert loss.needs_features == ("features" in entry.traits) and loss.needs_domains == ("domains" in entry.traits)
+    head = {"cosine head": "cosine", "experts head": "experts"}
+    assert loss.head == next((h for t, h in head.items() if t in entry.traits), "linear")
+    # One way to call a loss: no subclass changes forward's signature.
+    assert inspect.signature(type(loss).forward) == inspect.signature(losses.Loss.forward)
+
+
+@pytest.mark.parametrize("name", [n for n in losses.available() if losses.LOSSES.get(n).traits & {"features", "domains"}])
+def test_a_loss_that_reads_features_or_domains_says_so_when_they_are_missing(name):
+    loss = losses.build(name, COUNTS)
+    features, domains = torch.randn(2, 4), torch.zeros(2, dtype=torch.long)
+    if "features" in loss.traits:
+        with pytest.raises(ValueError, match=f"{name} needs features="):
+            loss(_t(LOGITS), _y(), domains=domains)
+    if "domains" in loss.traits:
+        with pytest.raises(ValueError, match=f"{name} needs a dataset with domains"):
+            loss(_t(LOGITS), _y(), features=features)
 
 
 # ---------------------------------------------------------------- hand-computed cases
@@ -182,7 +208,7 @@ def test_gml_hand_case():
         d = cos[y] - max(v for j, v in enumerate(cos) if j != y)
         per.append(_ce(z, y) - lam_sm * d + lam_zc * zc)
     loss = losses.build("gml", COUNTS, lambda_sm=lam_sm, lambda_zc=lam_zc)
-    loss.on_epoch_start(0, SimpleNamespace(model=SimpleNamespace(head=SimpleNamespace(weight=_t(prototypes)))))
+    loss.attach(SimpleNamespace(head=SimpleNamespace(weight=_t(prototypes))))
     assert loss(_t(COS * s), _y()).item() == pytest.approx(sum(per) / 2, abs=1e-4)
 
 
@@ -194,7 +220,7 @@ def test_pal_anchors_the_head_to_a_simplex_and_uses_the_margin_softmax():
     assert loss(_t(COS * s), _y()).item() == pytest.approx(want, abs=1e-4)
 
     head = torch.nn.Linear(16, 3, bias=False)
-    loss.on_epoch_start(0, SimpleNamespace(model=SimpleNamespace(head=head)))
+    loss.attach(SimpleNamespace(head=head))
     w = head.weight.detach().numpy()
     gram = w @ w.T
     np.testing.assert_allclose(np.diag(gram), 1.0, atol=1e-6)
@@ -314,23 +340,30 @@ def test_ot_reweight_carves_a_balanced_meta_set_in_training():
 @pytest.mark.parametrize(
     "name, params, match",
     [
-        ("class_balanced", {"beta": 1.0}, r"beta=1.0 is out of range; allowed: \[0.0, 1.0\)"),
-        ("class_balanced", {"beta": -0.1}, "beta=-0.1"),
-        ("class_balanced", {"gamma": -1.0}, "gamma=-1.0"),
+        ("class_balanced", {"beta": 1.0}, r"loss 'class_balanced': beta=1 is out of range; allowed: a number in \[0, 1\)"),
+        ("class_balanced", {"beta": -0.1}, "beta=-0.1 is out of range"),
+        ("class_balanced", {"gamma": -1.0}, "gamma=-1 is out of range"),
         ("class_balanced", {"base": "hinge"}, "base='hinge' is not allowed; allowed: softmax, sigmoid, focal"),
-        ("logit_adjusted", {"tau": -0.5}, "tau=-0.5"),
-        ("cdt", {"gamma": -0.1}, "gamma=-0.1"),
-        ("mm", {"gamma": -1.0}, "gamma=-1.0"),
-        ("mm", {"s": 0.0}, "s=0.0"),
-        ("gml", {"lambda_sm": -1.0}, "lambda_sm=-1.0"),
-        ("pal", {"max_m": -0.1}, "max_m=-0.1"),
-        ("coupling_regulation", {"gamma": -2.0}, "gamma=-2.0"),
-        ("coupling_regulation", {"beta": 1.0}, "beta=1.0"),
-        ("coupling_regulation", {"phase_start": 0.8, "phase_end": 0.5}, "phase_end=0.5"),
-        ("distribution_balanced", {"neg_scale": 0.0}, "neg_scale=0.0"),
+        ("logit_adjusted", {"tau": -0.5}, "tau=-0.5 is out of range"),
+        ("cdt", {"gamma": -0.1}, "gamma=-0.1 is out of range"),
+        ("mm", {"gamma": -1.0}, "gamma=-1 is out of range"),
+        ("mm", {"s": 0.0}, r"s=0 is out of range; allowed: a number in \(0, inf\)"),
+        ("gml", {"lambda_sm": -1.0}, "lambda_sm=-1 is out of range"),
+        ("pal", {"max_m": -0.1}, "max_m=-0.1 is out of range"),
+        ("balpoe", {"lambdas": []}, "lambdas=\\[\\] is not allowed"),
+        ("coupling_regulation", {"gamma": -2.0}, "gamma=-2 is out of range"),
+        ("coupling_regulation", {"beta": 1.0}, "beta=1 is out of range"),
+        ("coupling_regulation", {"phase_start": 0.8, "phase_end": 0.5}, "phase_end=0.5 is out of range; allowed: >= phase_start=0.8"),
+        ("distribution_balanced", {"neg_scale": 0.0}, "neg_scale=0 is out of range"),
         ("distribution_balanced", {"num_samples": 8}, "num_samples=8"),
-        ("ot_reweight", {"eps": 0.0}, "eps=0.0"),
-        ("ot_reweight", {"meta_per_class": 0}, "meta_per_class=0"),
+        ("ot_reweight", {"eps": 0.0}, "eps=0 is out of range"),
+        ("ot_reweight", {"meta_per_class": 0}, "meta_per_class=0 is out of range"),
+        ("ot_reweight", {"meta_per_class": 2.5}, "meta_per_class=2.5 must be an integer"),
+        ("tally_proto", {"momentum": 1.0}, r"momentum=1 is out of range; allowed: a number in \[0, 1\)"),
+        ("autobalance", {"neumann_lr": 0.0}, "neumann_lr=0 is out of range"),
+        ("autobalance", {"start_epoch": -1}, "start_epoch=-1 is out of range"),
+        ("rescom", {"temperature": 0.0}, "temperature=0 is out of range"),
+        ("rescom", {"queue_per_class": 2, "hard_positives": 3}, "hard_positives=3 is out of range; allowed: <= queue_per_class=2"),
     ],
 )
 def test_bad_parameters_raise_naming_the_parameter(name, params, match):
@@ -339,7 +372,7 @@ def test_bad_parameters_raise_naming_the_parameter(name, params, match):
 
 
 def test_ot_reweight_without_features_says_what_it_needs():
-    with pytest.raises(ValueError, match="features="):
+    with pytest.raises(ValueError, match="ot_reweight needs features="):
         losses.build("ot_reweight", COUNTS)(_t(LOGITS), _y())
 
 
@@ -372,9 +405,7 @@ def test_ot_reweight_weights_minimise_the_entropic_ot_distance():
         assert entropic_ot(other / other.sum())[0] > best
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in losses.available() if unsupported_reason(preset("digits-quick", loss=n), losses.build(n, COUNTS)) is None]
-)
+@pytest.mark.parametrize("name", [n for n in losses.available() if eager_reason(preset("digits-quick", loss=n)) is None])
 def test_graph_step_matches_eager_for_capturable_losses(name):
     cfg = dict(epochs=2, imbalance=10, lr=0.02, loss=name)
     eager = train(preset("digits-quick", engine="eager", **cfg), save=False)

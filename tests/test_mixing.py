@@ -65,6 +65,55 @@ def test_label_mass_shapes_and_dtypes(name):
         assert weight is None or (weight.shape == (n,) and bool((weight >= 0).all()))
 
 
+@pytest.mark.parametrize("name", mixing.available())
+def test_traits_say_which_methods_draw_a_second_batch_and_which_run_eagerly(name):
+    entry = mixing.MIXING.get(name)
+    draws = []
+    x, y = batch()
+    domains = torch.arange(len(y)) % 2 if needs_domains(name) else None
+    model = build_model(MODEL_FOR.get(name, "mlp"), (1, 8, 8), 4)
+    mixer = mixing.build(name, COUNTS, **ACTIVE.get(name, {}))
+    for _ in range(5):
+        mixer(x, y, make_ctx(draws, model=model, loss=build_loss("ce", COUNTS), domains=domains))
+    assert bool(draws) == ("second batch" in entry.traits)
+    # Graph-capable: everything but the methods that step the model themselves (GAE, BBN's branches)
+    # or keep per-domain statistics the graph does not capture yet (TALLY).
+    assert (entry.eager is None) == (name not in ("gae", "bbn", "tally_mix"))
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("mixup", {"alpha": 0.0}, r"mixing 'mixup': alpha=0 is out of range; allowed: a number in \(0, inf\)"),
+        ("cutmix", {"prob": 1.5}, r"prob=1.5 is out of range; allowed: a number in \[0, 1\]"),
+        ("remix", {"kappa": 0.5}, "kappa=0.5 is out of range"),
+        ("cmo", {"start_epoch": -2}, "start_epoch=-2 is out of range"),
+        ("open_sampling", {"ood_ratio": -1.0}, "ood_ratio=-1 is out of range"),
+        ("pure_noise", {"delta": 2.0}, "delta=2 is out of range"),
+        ("gae", {"steps": 0}, "steps=0 is out of range"),
+        ("gae", {"steps": 1.5}, "steps=1.5 must be an integer"),
+    ],
+)
+def test_bad_parameters_are_rejected_by_name(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        mixing.build(name, COUNTS, **params)
+
+
+def test_gae_hands_the_loss_the_features_and_domains():
+    seen = []
+
+    class Recording(nn.Module):
+        def forward(self, logits, targets, reduction="mean", features=None, domains=None):
+            seen.append((features, domains))
+            return nn.functional.cross_entropy(logits, targets) + 0 * features.sum()
+
+    model = tiny_model()
+    x, y = batch()
+    domains = torch.arange(len(y)) % 2
+    mixing.build("gae", COUNTS, start_epoch=0, steps=2)(x, y, make_ctx(model=model, loss=Recording(), domains=domains))
+    assert len(seen) == 2 and all(f is not None and f.shape == (len(y), model.feature_dim) and d is domains for f, d in seen)
+
+
 def test_cutmix_lambda_is_the_kept_area():
     x = torch.arange(16.0).view(16, 1, 1, 1).expand(16, 1, 8, 8).clone()
     y = torch.arange(16) % 4

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from ltlib import samplers
-from ltlib.fast import unsupported_reason
+from ltlib.families import eager_reason
 from ltlib.losses import build as build_loss
 from ltlib.models import build_model
 from ltlib.presets import preset
-from ltlib.train import Inputs, TrainState, prepare_data, train
+from ltlib.state import TrainState
+from ltlib.train import Inputs, prepare_data, train
 
 COUNTS = np.array([100.0, 40.0, 10.0, 1.0])
 
@@ -75,8 +76,37 @@ def test_zero_count_class_is_never_drawn():
 
 
 def test_power_rejects_out_of_range_q():
-    with pytest.raises(ValueError, match=r"q=3.*allowed"):
+    with pytest.raises(ValueError, match=r"sampler 'power': q=3 is out of range; allowed: a number in \[-1, 1\]"):
         samplers.class_probabilities("power", COUNTS, q=3)
+    with pytest.raises(ValueError, match=r"sampler 'power': q=3 is out of range"):
+        samplers.build("power", COUNTS, 5, q=3)
+
+
+def test_meta_rejects_bad_parameters_by_name():
+    with pytest.raises(ValueError, match=r"lr=0 is out of range; allowed: a number in \(0, inf\)"):
+        samplers.build("meta", COUNTS, 5, lr=0.0)
+    with pytest.raises(ValueError, match="meta_per_class=0 is out of range"):
+        samplers.build("meta", COUNTS, 5, meta_per_class=0)
+    with pytest.raises(ValueError, match="sampler 'sqrt' has no parameter 'q'"):
+        samplers.build("sqrt", COUNTS, 5, q=0.5)
+
+
+@pytest.mark.parametrize("name, params, epoch, epochs", CASES)
+def test_built_sampler_keeps_its_parameters(name, params, epoch, epochs):
+    sampler = samplers.build(name, COUNTS, epochs, **params)
+    assert sampler.name == name and sampler.params == params and sampler.instance == (name == "instance")
+    np.testing.assert_allclose(sampler.probabilities(epoch), closed_form(name, epoch, epochs, **params), rtol=0, atol=1e-9)
+    assert sampler.within_class(torch.tensor([0, 1, 2, 3]), None) is None
+    assert sampler.learner is None and "epoch hook" not in sampler.traits
+    sampler.on_epoch_start(epoch, None)  # a fixed sampler's hook does nothing
+
+
+def test_built_selective_balanced_gives_within_class_weights():
+    sampler = samplers.build("selective_balanced", [2, 1], 3)
+    labels, domains = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+    assert sampler.within_class(labels, domains).tolist() == [1.0, 1.0, 1.0]
+    assert sampler.traits == {"domains"}
+    np.testing.assert_allclose(sampler.probabilities(0), [0.5, 0.5])
 
 
 def test_meta_sampler_starts_at_instance_sampling_and_init_pow_tilts_it():
@@ -118,17 +148,19 @@ def test_meta_step_gradient_reaches_the_sampling_logits():
     model = build_model("mlp", data.input_shape, data.num_classes)
     loss = build_loss("ce", counts)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    state = TrainState(
-        cfg, data, model, loss, opt, counts, torch.device("cpu"), torch.Generator().manual_seed(0), inputs=Inputs(data, torch.device("cpu"))
-    )
-    sampler = samplers.build_learner("meta", counts, 5, meta_steps=1)
-    before = sampler.w.detach().clone()
+    sampler = samplers.build("meta", counts, 5, meta_steps=1)
+    assert "epoch hook" in sampler.traits and not sampler.instance
+    device, generator = torch.device("cpu"), torch.Generator().manual_seed(0)
+    state = TrainState(cfg, data, model, loss, opt, counts, device, generator, sampler=sampler, inputs=Inputs(data, device))
+    before = sampler.learner.w.detach().clone()
+    start = sampler.probabilities(0)
     sampler.on_epoch_start(0, state)
-    assert not torch.equal(before, sampler.w.detach())
-    np.testing.assert_allclose(state.class_probs, sampler.probabilities())
+    assert not torch.equal(before, sampler.learner.w.detach())
+    np.testing.assert_allclose(state.class_probs, sampler.probabilities(1))  # the learned rates, whatever the epoch
+    assert not np.allclose(start, sampler.probabilities(1))
 
 
 def test_graph_engine_declines_learned_samplers():
     cfg = preset("digits-quick", sampler="meta")
-    assert "sampler 'meta'" in unsupported_reason(cfg, build_loss("ce", [3, 1]))
-    assert unsupported_reason(preset("digits-quick", sampler="reverse"), build_loss("ce", [3, 1])) is None
+    assert "sampler 'meta' learns between epochs" in eager_reason(cfg)
+    assert eager_reason(preset("digits-quick", sampler="reverse")) is None

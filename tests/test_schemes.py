@@ -1,10 +1,13 @@
 """Training schemes: decoupled two-stage schedules (cRT, LWS, MARC), BalPoE, BBN, compound batch norm."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from ltlib import schedules
+from ltlib import samplers, schedules
+from ltlib.models import build_model
 from ltlib.presets import preset
 from ltlib.train import train
 
@@ -92,20 +95,62 @@ def test_marc_logits_follow_the_formula():
 
 
 @pytest.mark.parametrize(
-    "kw, match", [(dict(start_epoch=4), r"start_epoch=4 is out of range; allowed: \[1, 3\]"), (dict(start_epoch=0), "start_epoch=0")]
+    "kw, match",
+    [
+        (dict(start_epoch=4), r"start_epoch=4 is out of range; allowed: \[1, 3\]"),
+        (dict(start_epoch=0), r"schedule 'crt': start_epoch=0 is out of range; allowed: an integer in \[1, inf\)"),
+    ],
 )
 def test_two_stage_rejects_bad_start(kw, match):
     with pytest.raises(ValueError, match=match):
         schedules.build("crt", 4, **kw)
 
 
-def test_two_stage_schedules_fall_back_to_eager_with_a_reason():
-    from ltlib.fast import unsupported_reason
-    from ltlib.losses import build
+def test_drw_rejects_bad_parameters_by_name():
+    with pytest.raises(ValueError, match=r"schedule 'drw': beta=1 is out of range; allowed: a number in \[0, 1\)"):
+        schedules.build("drw", 4, beta=1.0)
+    with pytest.raises(ValueError, match="schedule 'drw': start_epoch=-1 is out of range"):
+        schedules.build("drw", 4, start_epoch=-1)
 
-    reason = unsupported_reason(quick(schedule="lws"), build("ce", [3, 2]))
-    assert "lws" in reason and "mid-run" in reason
-    assert unsupported_reason(quick(schedule="drw"), build("ce", [3, 2])) is None
+
+def test_two_stage_switches_to_a_class_balanced_sampler_without_the_runs_parameters():
+    """Stage 2 samples class-balanced with no parameters, whatever sampler (and parameters) stage 1 used."""
+    counts = np.array([30, 10, 2])
+    model = build_model("mlp", (4,), 3)
+    state = SimpleNamespace(
+        cfg=SimpleNamespace(lr=0.1),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        class_counts=counts,
+        sampler=samplers.build("power", counts, 4, q=0.5),
+        class_probs=None,
+        log={},
+    )
+    schedule = schedules.build("crt", 4, start_epoch=2)
+    assert {"epoch hook", "changes model"} <= schedule.traits and not hasattr(schedule, "changes_model")
+    schedule.on_epoch_start(1, state)
+    assert state.sampler.name == "power" and state.class_probs is None  # stage 1: untouched
+    for epoch in (2, 3):
+        schedule.on_epoch_start(epoch, state)
+        assert isinstance(state.sampler, samplers.Sampler)
+        assert state.sampler.name == "class_balanced" and state.sampler.params == {} and not state.sampler.instance
+        np.testing.assert_allclose(state.class_probs, np.full(3, 1 / 3))
+        np.testing.assert_allclose(state.sampler.probabilities(epoch), state.class_probs)
+        assert state.log["stage"] == 2
+
+
+def test_two_stage_schedules_run_on_the_graph_and_ask_for_a_fresh_runner_at_the_switch():
+    from ltlib.families import eager_reason
+    from ltlib.schedules import build
+
+    assert eager_reason(quick(schedule="lws")) is None and eager_reason(quick(schedule="drw")) is None
+    result = train(quick(schedule="crt", engine="graph", device="cpu"), save=False)
+    assert [h.get("stage") for h in result.history] == [None, None, None, 2]
+    assert not any(p.requires_grad for p in result.model.backbone.parameters())
+    hook = build("crt", 4)
+    state = SimpleNamespace(rebuild=False, epoch=0)
+    hook.on_epoch_start(2, state)  # stage 1: nothing changes
+    assert not state.rebuild
 
 
 def test_balpoe_loss_is_the_mean_of_logit_adjusted_expert_losses():
@@ -265,14 +310,13 @@ def test_each_scheme_trains_two_epochs_of_digits(kw):
 
 
 def test_graph_step_matches_eager_for_balpoe_and_reports_compound_bn():
-    from ltlib.fast import unsupported_reason
-    from ltlib.losses import build
+    from ltlib.families import eager_reason
 
     cfg = dict(loss="balpoe", epochs=2, imbalance=10, lr=0.02)
     eager = train(quick(engine="eager", **cfg), save=False)
     graph = train(quick(engine="graph", **cfg), save=False)
     assert [h["loss"] for h in graph.history] == pytest.approx([h["loss"] for h in eager.history], rel=2e-3)
-    assert "compound_bn" in unsupported_reason(quick(model="cnn", norm="compound_bn"), build("ce", [3, 2]))
+    assert "norm 'compound_bn' initialises its mixture" in eager_reason(quick(model="cnn", norm="compound_bn"))
 
 
 def test_schemes_are_selectable_from_the_cli(capsys):

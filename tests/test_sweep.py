@@ -49,7 +49,8 @@ def test_sweep_cli_trains_the_grid_and_compares(capsys):
 def test_stacked_runs_train_like_runs_alone(device, monkeypatch):
     """Graph-engine runs of one shape train as a model-stack (grouped convolutions, one graph epoch);
     each run's losses and accuracy match the same config trained alone (up to float rounding: the
-    grouped convolutions sum in another order), and the mixup run, which cannot stack, trains beside it.
+    grouped convolutions sum in another order), the mixup runs in a stack of their own (runs stack only
+    with runs of the same mixing), and the meta-sampler run, which cannot stack, eagerly beside them.
     On a GPU: captured graphs, float32 without TF32 (whose noise compounds)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     base = preset(
@@ -59,7 +60,9 @@ def test_stacked_runs_train_like_runs_alone(device, monkeypatch):
         base,
         replace(base, loss="balanced_softmax", seed=1),
         replace(base, sampler="class_balanced", seed=2),
-        replace(base, mixing="mixup"),
+        replace(base, mixing="mixup", seed=3),
+        replace(base, mixing="mixup", seed=5),
+        replace(base, sampler="meta", seed=4),
     ]
     together = train_many(configs, save=False, concurrent=True)
     alone = [train(c, save=False) for c in configs]

@@ -82,8 +82,8 @@ def test_too_much_imbalance_names_the_domain(domains_ds):
 def _empirical_pairs(labels, domains, sampler, n=100_000, seed=0):
     g = torch.Generator().manual_seed(seed)
     counts = np.bincount(labels.numpy())
-    probs = samplers.class_probabilities(sampler, counts)
-    within = samplers.within_class_weights(sampler, labels, domains)
+    chosen = samplers.build(sampler, counts, 1)
+    probs, within = chosen.probabilities(0), chosen.within_class(labels, domains)
     idx = samplers.draw_indices(labels, probs, n, g, within=within)
     num_classes = len(counts)
     freq = np.bincount((domains[idx] * num_classes + labels[idx]).numpy(), minlength=3 * num_classes) / n
@@ -118,9 +118,9 @@ def test_selective_balanced_on_digits_domains_is_uniform_over_pairs(domains_ds):
 
 
 def test_other_samplers_keep_uniform_within_class():
-    assert samplers.within_class_weights("class_balanced", torch.tensor([0, 1]), None) is None
+    assert samplers.build("class_balanced", [1, 1], 1).within_class(torch.tensor([0, 1]), None) is None
     with pytest.raises(ValueError, match="selective_balanced needs a dataset with domains, e.g. digits-domains"):
-        samplers.within_class_weights("selective_balanced", torch.tensor([0, 1]), None)
+        samplers.build("selective_balanced", [1, 1], 1).within_class(torch.tensor([0, 1]), None)
 
 
 # ----------------------------------------------------------------------------- tally_mix
@@ -183,7 +183,7 @@ def test_tally_mix_warmup_returns_the_batch_unchanged_and_checks_its_inputs():
     assert torch.equal(out, x) and mixer.prototypes["class_seen"].all()  # prototypes still learn during warm-up
     with pytest.raises(ValueError, match="tally_mix needs a dataset with domains, e.g. digits-domains"):
         mixer(x, y, mixing.MixContext(np.array([2, 1]), torch.Generator()))
-    with pytest.raises(ValueError, match="momentum=1.0 is out of range"):
+    with pytest.raises(ValueError, match=r"mixing 'tally_mix': momentum=1 is out of range; allowed: a number in \[0, 1\)"):
         mixing.build("tally_mix", np.array([2, 1]), momentum=1.0)
     with pytest.raises(ValueError, match="warmup=1.5 is out of range"):
         mixing.build("tally_mix", np.array([2, 1]), warmup=1.5)
@@ -240,7 +240,7 @@ def test_methods_needing_domains_refuse_digits_clearly(kw, isolated_home):
 
 def test_registry_entries_declare_their_needs():
     assert samplers.SAMPLERS.get("selective_balanced").needs == ("domains",)
-    assert mixing.MIXING.get("tally_mix").needs == ("domains",)
+    assert mixing.MIXING.get("tally_mix").needs == ("domains", "images")
     assert losses.LOSSES.get("tally_proto").needs == ("domains",)
     assert mixing.MIXING.get("tally_mix").defaults == {"alpha": 0.5, "momentum": 0.8, "warmup": 7 / 15}
 
@@ -289,7 +289,7 @@ def test_per_domain_accuracy_hand_case():
 def test_cli_lists_needs_and_trains_on_domains(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert "selective_balanced" in out and "needs: domains" in out and "digits-domains-quick" in out
+    assert "selective_balanced" in out and "traits: domains" in out and "digits-domains-quick" in out
     args = ["train", "--preset", "digits-domains-quick", "--epochs", "1", "--sampler", "selective_balanced", "--quiet"]
     assert main([*args, "--mixing", "tally_mix", "--mixing-param", "warmup=0"]) == 0
 

@@ -6,10 +6,10 @@ import common
 import streamlit as st
 
 from ltlib import plots, presets
+from ltlib.config import Config
 from ltlib.data import DATASETS
 from ltlib.models import MODELS, NORMS
 from ltlib.runs import load_run
-from ltlib.train import Config
 
 st.title("Train")
 cfg = common.settings()
@@ -25,11 +25,7 @@ with st.container(border=True):
     cfg["seed"] = int(c[5].number_input("seed", value=int(cfg["seed"]), step=1, key="w_seed"))
 
 data_params = dict(st.session_state.get("data_params", {})) if dataset == "imagefolder" else {}
-try:
-    caps = common.data_capabilities(common.load_base(dataset, tuple(sorted(data_params.items()))))
-except (ValueError, FileNotFoundError, OSError) as e:
-    st.error(f"{e} (set the dataset up on the Data page)")
-    caps = set()
+caps = common.data_capabilities(dataset)  # declared by the dataset's entry: nothing loads on page open
 
 chosen, params, blocked = {}, {}, []
 cols = st.columns(len(common.FAMILIES))

@@ -1,0 +1,124 @@
+"""The run configuration: everything that determines a run, with the papers' defaults.
+
+A config is plain data (JSON round-trip) and is validated in full before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from ltlib.data import DATASETS
+from ltlib.families import check_data_needs, chosen
+from ltlib.registry import Check, Interval, Param, describe
+
+
+@dataclass
+class Config:
+    """Everything that determines a run. Optimiser defaults are the LDAM-DRW CIFAR recipe
+    (Cao et al. 2019): SGD, momentum 0.9, lr 0.1, weight decay 2e-4, batch 128, 5 warm-up epochs,
+    lr ×0.1 at 80 % and ×0.01 at 90 % of training (epochs 160 and 180 of 200).
+    """
+
+    dataset: str = "digits"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    imbalance: float = 100.0
+    profile: Literal["exp", "step"] = "exp"
+    val_fraction: float = 0.0
+    # "auto": an MLP for features and images under 16 px, a small CNN under 32 px, else ResNet-32.
+    model: str = "auto"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    norm: str = "batchnorm"
+    norm_params: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ce"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "instance"
+    sampler_params: dict[str, Any] = field(default_factory=dict)
+    mixing: str = "none"
+    mixing_params: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "none"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    warmup_epochs: int = 5
+    # Epochs at which the lr is multiplied by lr_gamma; empty list = derive 80 % and 90 % of epochs.
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    cosine: bool = False
+    eval_every: int = 10
+    # Post-hoc logit adjustment applied at evaluation: z − τ·log π (0 = off).
+    posthoc_tau: float = 0.0
+    # τ-normalised classifier at evaluation, z_c = f·w_c/‖w_c‖^τ (Kang et al. 2020; None = off).
+    tau_norm: float | None = None
+    feature_samples: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    # "auto": the CUDA-graph step (ltlib.fast) on a GPU when the methods allow it, else eager;
+    # "graph" forces the graph step's code (uncaptured on CPU); "eager" is the reference loop.
+    engine: Literal["auto", "eager", "graph"] = "auto"
+    # GPU only: compile with Inductor (the backbone, and with the graph engine the head and loss too):
+    # fused kernels for a warm-up of tens of seconds, which Inductor caches on disk. Channels-last
+    # activations: bf16 convolutions prefer them.
+    compile: bool = False
+    channels_last: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; fields: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def milestones(self) -> list[int]:
+        return list(self.lr_milestones) or [int(0.8 * self.epochs), int(0.9 * self.epochs)]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad value and what is allowed; loads no data.
+
+        Checks every field's type and range, every method's name and parameters (names, types and
+        the ranges its registry entry declares), and that the dataset offers what the methods need.
+        """
+        hints = typing.get_type_hints(Config)
+        for f in fields(self):
+            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+            param = Param(f.name, default, hints[f.name], FIELD_RULES.get(f.name, ()))
+            why = param.problem(getattr(self, f.name))
+            if why is not None:
+                raise ValueError(f"{f.name}={describe(getattr(self, f.name))} {why}; allowed: {param.allowed()}")
+        for fam, entry, params in chosen(self):
+            fam.registry.check_params(entry.name, params)
+        check_data_needs(self, DATASETS.get(self.dataset).traits)
+        if any(m >= self.epochs for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones={self.lr_milestones} is out of range; allowed: epochs in [0, {self.epochs})")
+
+
+# Allowed values of the config's own fields (types come from the annotations above).
+FIELD_RULES: dict[str, tuple[Interval | Check, ...]] = {
+    "imbalance": (Interval(1, None),),
+    "val_fraction": (Interval(0, 1, closed="left"),),
+    "epochs": (Interval(1, None),),
+    "batch_size": (Interval(1, None),),
+    "lr": (Interval(0, None, closed="neither"),),
+    "momentum": (Interval(0, 1, closed="left"),),
+    "weight_decay": (Interval(0, None),),
+    "warmup_epochs": (Interval(0, None),),
+    "lr_milestones": (Interval(0, None),),
+    "lr_gamma": (Interval(0, None, closed="neither"),),
+    "eval_every": (Interval(1, None),),
+    "tau_norm": (Interval(0, None),),
+    "feature_samples": (Interval(0, None),),
+    "seed": (Interval(0, 2**63 - 1),),
+    "device": (Check(lambda v: v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()), "auto, cpu, cuda or cuda:N"),),
+}
