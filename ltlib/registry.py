@@ -156,17 +156,17 @@ class Param:
             return None if value in self.options else "is not allowed"
         kind = self.kind
         if kind is float and not _is_number(value):
-            return f"must be a number, got {type(value).__name__}"
+            return "must be a number"
         if kind is int and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
-            return f"must be an integer, got {describe(value)}"
+            return "must be an integer"
         if kind is bool and not isinstance(value, bool):
-            return f"must be true or false, got {type(value).__name__}"
+            return "must be true or false"
         if kind is str and not isinstance(value, str):
-            return f"must be a string, got {type(value).__name__}"
+            return "must be a string"
         if kind is dict and not isinstance(value, dict):
-            return f"must be a mapping of names to values, got {describe(value)}"
+            return "must be key=value pairs"
         if kind is list and not (isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)):
-            return f"must be a list of numbers, got {describe(value)}"
+            return "must be a list of numbers"
         if kind in (float, int) and not math.isfinite(value):
             return "must be finite"
         if kind is list and not all(math.isfinite(v) for v in value):

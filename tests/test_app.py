@@ -90,6 +90,26 @@ def test_bad_setting_shows_error_and_app_stays_usable():
     assert not at.exception and not at.button(key="start").disabled
 
 
+def test_bad_method_parameter_fails_in_validation_with_one_line():
+    """A method parameter of the wrong type is refused before any training starts, in the contract's words."""
+    at = new_app()
+    at.selectbox(key="w_loss").set_value("balpoe").run()
+    at.text_input(key="p_loss_balpoe_lambdas").input("1, abc").run()
+    at.button(key="start").click().run()
+    message = at.error[0].value
+    assert message == "loss 'balpoe': lambdas=[1, 'abc'] must be a list of numbers; allowed: " + (
+        "a list of numbers with one test-prior exponent per expert (at least one)"
+    )
+    assert "job" not in at.session_state and not at.exception
+
+
+def test_method_widgets_take_their_bounds_from_the_constraints():
+    at = new_app()
+    at.selectbox(key="w_loss").set_value("focal").run()
+    gamma = at.number_input(key="p_loss_focal_gamma")
+    assert gamma.min == 0.0 and gamma.max is None and "allowed: a number in [0, inf)" in gamma.help
+
+
 def test_batch_larger_than_data_reports_the_reason():
     at = new_app()
     at.number_input(key="w_cfg_digits-quick_batch_size").set_value(100000).run()

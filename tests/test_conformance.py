@@ -189,7 +189,7 @@ def test_every_numeric_parameter_has_a_bad_value_to_try():
     "flag, value, expected",
     [
         ("--loss-param", "gamma=-1", "loss 'focal': gamma=-1 is out of range; allowed: a number in [0, inf)"),
-        ("--loss-param", "gamma=abc", "loss 'focal': gamma='abc' must be a number, got str; allowed: a number in [0, inf)"),
+        ("--loss-param", "gamma=abc", "loss 'focal': gamma='abc' must be a number; allowed: a number in [0, inf)"),
     ],
 )
 def test_cli_rejects_a_bad_value_before_loading_data(flag, value, expected, capsys, tmp_path):
