@@ -165,7 +165,7 @@ class ABSGD(torch.optim.SGD):
         log_u = float(self.log_u)
         return math.exp(log_u) if log_u < 709.0 else math.inf
 
-    def on_epoch_start(self, epoch: int, state: Any) -> None:
+    def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         self.active = epoch >= _start_epoch(self.start_epoch, 0.8, state.cfg.epochs)
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:

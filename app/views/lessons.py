@@ -3,7 +3,7 @@
 import common
 import streamlit as st
 
-from ltlib import losses, mixing, samplers
+from ltlib.families import METHOD_FAMILIES
 
 # Each step sets the Lab controls; steps whose methods are not registered are left out.
 LESSONS = [
@@ -57,7 +57,7 @@ LESSONS = [
 
 
 def available(step: dict) -> bool:
-    return step["loss"] in losses.LOSSES and step["sampler"] in samplers.SAMPLERS and step["mixing"] in mixing.MIXING
+    return all(step[f.name] in f.registry for f in METHOD_FAMILIES if f.name in step)
 
 
 st.title("Lessons")
