@@ -252,7 +252,7 @@ class BilateralMixup(Mixing):
 @MIXING.register(
     "cmo",
     paper="Park, Hong, Heo, Yun & Choi, The Majority Can Help the Minority (CMO), CVPR 2022",
-    traits=("images", "second batch", "epoch hook"),
+    traits=("images", "second batch", "epoch hook", "changes step"),
     constraints={
         "prob": Interval(0, 1),
         "beta": Interval(0, None, closed="neither"),
@@ -353,7 +353,7 @@ class OpenSampling(Mixing):
 @MIXING.register(
     "pure_noise",
     paper="Zada, Benou & Irani, Pure Noise to the Rescue of Insufficient Data (OPeN), ICML 2022",
-    traits=("second batch", "epoch hook"),
+    traits=("second batch", "epoch hook", "changes step"),
     constraints={"delta": Interval(0, 1), "start_epoch": Interval(0, None)},
 )
 class PureNoise(Mixing):

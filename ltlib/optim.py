@@ -44,7 +44,7 @@ def _start_epoch(start_epoch: int | None, fraction: float, epochs: int) -> int:
     "sam",
     paper="Foret, Kleiner, Mobahi & Neyshabur, Sharpness-Aware Minimization, ICLR 2021; for long tail: "
     "Rangwani, Aithal, Mishra & Babu, Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data, NeurIPS 2022",
-    traits=("epoch hook", "second pass"),
+    traits=("epoch hook", "second pass", "changes step"),
     constraints={"rho": Interval(0, None), "start_epoch": Interval(0, None)},
 )
 class SAM(torch.optim.SGD):

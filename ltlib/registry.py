@@ -39,6 +39,7 @@ TRAITS: dict[str, str] = {
     "epoch hook": "changes during training through on_epoch_start(epoch, state)",
     "own parameters": "has trainable parameters of its own, optimised with the model's",
     "changes model": "swaps the trained parameters at a stage switch",
+    "changes step": "changes what a training step computes at some epoch (the loop then makes a fresh epoch runner)",
     "validation split": "learns on a held-out validation split of the training set",
     "second batch": "draws a second batch per step",
     "second pass": "runs a second forward-backward pass per step",

@@ -147,7 +147,7 @@ class TwoStage(Schedule):
 @SCHEDULES.register(
     "crt",
     paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020",
-    traits=("epoch hook", "changes model"),
+    traits=("epoch hook", "changes model", "changes step"),
     constraints={"start_epoch": Interval(1, None)},
 )
 class ClassifierRetraining(TwoStage):
@@ -229,7 +229,7 @@ def _head_weight(head: nn.Module) -> torch.Tensor:
 @SCHEDULES.register(
     "lws",
     paper="Kang, Xie, Rohrbach, Yan, Gordo, Feng & Kalantidis, Decoupling Representation and Classifier, ICLR 2020",
-    traits=("epoch hook", "changes model"),
+    traits=("epoch hook", "changes model", "changes step"),
     constraints={"start_epoch": Interval(1, None)},
 )
 class LearnableWeightScaling(TwoStage):
@@ -251,7 +251,7 @@ class LearnableWeightScaling(TwoStage):
 @SCHEDULES.register(
     "marc",
     paper="Wang, Zhang, Hou, Wu, Wang & Shinozaki, Margin Calibration for Long-Tailed Visual Recognition, ACML 2022",
-    traits=("epoch hook", "changes model"),
+    traits=("epoch hook", "changes model", "changes step"),
     constraints={"start_epoch": Interval(1, None)},
 )
 class MarginCalibration(TwoStage):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ltlib.data import Dataset, load_dataset
+from ltlib.families import chosen
 from ltlib.fast import GraphEpoch, Member
 from ltlib.stack import copy_pairs, stack_backbones, stack_reason
 from ltlib.train import Config, Event, Result, choose_engine, resolve_device, train
@@ -37,6 +38,12 @@ def grid(base: Config, axes: dict[str, list[Any]]) -> list[Config]:
     """The cartesian product of ``axes`` (config field → values) applied to ``base``."""
     names = list(axes)
     return [replace(base, **dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def stackable(cfg: Config) -> bool:
+    """A run joins a model-stack unless one of its methods changes the step mid-run ("changes step":
+    a stage switch, SAM or a mixing method switching on), which needs a fresh graph epoch of its own."""
+    return not any("changes step" in entry.traits for _, entry, _ in chosen(cfg))
 
 
 def _dataset_key(cfg: Config) -> str:
@@ -282,10 +289,10 @@ def train_many(
         try:
             device = resolve_device(cfg.device)
             factory = None
-            if seat is not None and choose_engine(cfg, device)[0] == "graph":
+            if seat is not None and choose_engine(cfg, device)[0] == "graph" and stackable(cfg):
                 factory = seat.join
             elif seat is not None:
-                seat.leave()  # an eager run: the stacks need not wait for it
+                seat.leave()  # an eager run, or one that needs fresh runners: the stacks need not wait for it
             if device.type != "cuda":
                 return train(cfg, [sink], cancel, ds, save, root, factory)
             with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):

@@ -29,7 +29,7 @@ import torch
 
 from ltlib import cli, losses, mixing, models
 from ltlib.config import Config
-from ltlib.families import FAMILIES, Family, eager_reason
+from ltlib.families import FAMILIES, Family, chosen, eager_reason
 from ltlib.parts import build_parts
 from ltlib.presets import preset
 from ltlib.registry import Entry, Interval, Param
@@ -317,3 +317,5 @@ def test_graph_step_has_no_host_synchronisation(fam: Family, entry: Entry):
     train(replace(cfg, engine="graph", epochs=4), save=False, graph_epoch_factory=factory)
     assert linted
     assert storage(tensors["model"], tensors["loss"]) == tensors["at_capture"], "a hook replaced a tensor the graph reads"
+    if len(linted) > 1:  # a hook asked for a fresh runner: the run's methods must say so (sweeps keep them out of stacks)
+        assert any("changes step" in e.traits for _, e, _ in chosen(cfg)), "a fresh runner was asked for without the 'changes step' trait"

@@ -81,3 +81,11 @@ def test_stacked_runs_record_their_stack(isolated_home):
     notes = [load_run(r.run_id).meta["engine_note"] for r in results]
     assert notes[:2] == ["graph step, uncaptured on CPU, one model-stack with 1 other run"] * 2
     assert "stack" not in notes[2]
+
+
+def test_runs_that_change_their_step_train_beside_the_stack():
+    """A two-stage run needs a fresh graph epoch at its stage switch: it trains on a graph of its own."""
+    base = preset("digits-quick", epochs=4, model="resnet8", engine="graph", device="cpu")
+    results = train_many([base, replace(base, seed=1), replace(base, schedule="crt")], save=False, concurrent=True)
+    assert [h.get("stage") for h in results[2].history][-1] == 2
+    assert not any(p.requires_grad for p in results[2].model.backbone.parameters())
