@@ -420,30 +420,55 @@ class CDT(Loss):
     constraints={"max_m": NON_NEGATIVE, "gamma": NON_NEGATIVE, "s": POSITIVE},
 )
 class MaxMargin(LDAM):
-    """Maximum-margin (hard MM-LDAM) loss: the target cosine is lowered by a margin set from each sample's own margin.
+    """Maximum-margin (hard MM) loss: the target cosine is lowered by a shift set from each sample's own margin.
 
-    With d = cos_y − max_{j≠y} cos_j (the sample margin, no gradient) and M_y = max_m − Δ_y (Δ the
-    LDAM margins, largest 0.5, so rare classes get the smaller M and thus the larger shift):
-        shift = exp(−d − γ·M_y)  if d > 0 (correct, the shift shrinks as the margin grows),
-        shift = exp(−|d| − M_y)  if d < 0 (wrong),  0 if d = 0;
+    With d = cos_y − max_{j≠y} cos_j (the sample margin, no gradient) and one margin M = max_m for
+    every class:
+        shift = exp(−d − γ·M)  if d > 0 (correct, the shift shrinks as the margin grows),
+        shift = exp(−|d| − M)  if d < 0 (wrong),  0 if d = 0;
         ℓ = −log softmax(s·(cos − shift·e_y))_y.
-    Defaults are the paper's MM-LDAM run in the official README (s 19, max_m 1.29, γ 1.528); the
-    HMMLoss class defaults (s 30, max_m 0.5, γ 1.1) leave the rarest class M = 0, a shift of up to a
-    whole cosine unit, and trained worse than CE on digits-LT. The official code takes max_{j≠y}
-    over cos·(1 − e_y), i.e. also over a 0 at the target position, and reads the target column of
-    the batch's *first* label for every sample; here d is the true per-sample margin.
+    Defaults are the official README's run (``--loss_type HMM --scale 19 --max_m 1.29 --gamma 1.528``,
+    i.e. ``HMMLoss(ldam=False)``: the same M for every class); ``mm_ldam`` is the class-aware variant.
+    The official ``HMMLoss.obj_margins`` takes max_{j≠y} over cos·(1 − e_y), i.e. also over a 0 at the
+    target position, and reads the target column of the batch's *first* label for every sample; here d
+    is the true per-sample margin.
     """
 
     def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 1.29, gamma: float = 1.528, s: float = 19.0) -> None:
         super().__init__(class_counts, max_m=0.5, s=s)
         self.max_m, self.gamma = max_m, gamma
 
+    def max_margin(self, targets: torch.Tensor) -> torch.Tensor | float:
+        """M of each sample's class: one constant here."""
+        return self.max_m
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             d = sample_margin(logits, targets) / self.s
-            m = self.max_m - self.margins[targets]
+            m = self.max_margin(targets)
             shift = torch.where(d > 0, torch.exp(-d - self.gamma * m), torch.exp(-d.abs() - m)) * (d != 0)
         return target_shifted_ce(logits, targets, self.s * shift)
+
+
+@LOSSES.register(
+    "mm_ldam",
+    paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021",
+    traits=("cosine head",),
+    constraints={"max_m": NON_NEGATIVE, "gamma": NON_NEGATIVE, "s": POSITIVE},
+)
+class MaxMarginLDAM(MaxMargin):
+    """Maximum-margin loss with class-aware margins (MM-LDAM): ``mm`` with M_y = max_m − Δ_y per class.
+
+    Δ_y are LDAM's margins (∝ n_y^(−1/4), largest 0.5), so rare classes get the smaller M and thus the
+    larger shift. Defaults are the official ``train.sh`` run ``hmm-ldam`` (``--loss_type HMM-LDAM
+    --scale 26 --max_m 1.29 --gamma 1.528``, i.e. ``HMMLoss(ldam=True)``).
+    """
+
+    def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 1.29, gamma: float = 1.528, s: float = 26.0) -> None:
+        super().__init__(class_counts, max_m=max_m, gamma=gamma, s=s)
+
+    def max_margin(self, targets: torch.Tensor) -> torch.Tensor | float:
+        return self.max_m - self.margins[targets]
 
 
 @LOSSES.register(

@@ -25,7 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_every=2,
     ),
     # The LDAM-DRW recipe (Cao et al. 2019): ResNet-32, 200 epochs, batch 128, SGD lr 0.1, wd 2e-4,
-    # 5 warm-up epochs, lr ×0.1 at 160 and ×0.01 at 180.
+    # 5 warm-up epochs, then lr 0.1·0.01 from epoch 160 and 0.1·0.0001 from 180 (official cifar_train.py,
+    # adjust_learning_rate: ×0.01 per milestone, which the CIFAR-LT papers after it reuse).
     "cifar10-lt": dict(
         dataset="cifar10",
         imbalance=100,
@@ -36,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=2e-4,
         warmup_epochs=5,
         lr_milestones=[160, 180],
+        lr_gamma=0.01,
         eval_every=10,
     ),
 }

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ltlib import losses, mixing, optim, samplers, schedules
+from ltlib import losses, mixing, optim, samplers
 from ltlib.calibration import Outputs, adjust
 from ltlib.config import Config
 from ltlib.data import Dataset, load_dataset, make_long_tailed
@@ -359,7 +359,7 @@ def train(
     waiting: dict[str, Any] | None = None  # an evaluated epoch's record, while its test pass runs
     for epoch in range(cfg.epochs):
         state.epoch = ctx.epoch = epoch
-        lr = schedules.learning_rate(epoch, cfg.lr, cfg.epochs, cfg.warmup_epochs, tuple(cfg.milestones()), cfg.lr_gamma, cfg.cosine)
+        lr = cfg.learning_rate(epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         state.class_probs = state.sampler.probabilities(epoch)

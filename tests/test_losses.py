@@ -184,19 +184,21 @@ def test_cdt_hand_case():
     assert losses.build("cdt", COUNTS, gamma=gamma)(_t(LOGITS), _y()).item() == pytest.approx(want, abs=1e-5)
 
 
-def test_mm_hand_case():
-    s, max_m, gamma = 19.0, 1.29, 1.528
+@pytest.mark.parametrize("name, s, class_aware", [("mm", 19.0, False), ("mm_ldam", 26.0, True)])
+def test_mm_hand_case(name: str, s: float, class_aware: bool):
+    # The official README / train.sh runs: HMM (one margin M for all classes) and HMM-LDAM (M − Δ_y).
+    max_m, gamma = 1.29, 1.528
     delta = _ldam_margins(0.5)
     per = []
     for cos, y in zip(COS, TARGETS):
         d = cos[y] - max(v for j, v in enumerate(cos) if j != y)
-        big_m = max_m - delta[y]
+        big_m = max_m - delta[y] if class_aware else max_m
         shift = math.exp(-d - gamma * big_m) if d > 0 else math.exp(-abs(d) - big_m)
         z = [s * (v - shift * (j == y)) for j, v in enumerate(cos)]
         per.append(_ce(z, y))
     # sample 0 is right (d = 0.3 > 0), sample 1 wrong (d = −0.1 < 0): both branches are exercised
-    loss = losses.build("mm", COUNTS)
-    assert loss.head == "cosine" and loss.head_params == {"scale": 19.0}
+    loss = losses.build(name, COUNTS)
+    assert loss.head == "cosine" and loss.head_params == {"scale": s}
     assert loss(_t(COS * s), _y()).item() == pytest.approx(sum(per) / 2, abs=1e-4)
 
 

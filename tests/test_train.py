@@ -106,13 +106,27 @@ def test_drw_switches_weights_at_start_epoch():
     assert w[1] > w[0] and float(w.sum()) == pytest.approx(2.0)
 
 
-def test_learning_rate_schedule_matches_recipe():
-    from ltlib.schedules import learning_rate
+def official_ldam_drw_lr(epoch: int, base: float = 0.1) -> float:
+    """``adjust_learning_rate`` of the official LDAM-DRW ``cifar_train.py`` (1-based epoch inside)."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return base * epoch / 5
+    if epoch > 180:
+        return base * 0.0001
+    if epoch > 160:
+        return base * 0.01
+    return base
 
-    lrs = [learning_rate(e, 0.1, 200, 5, (160, 180)) for e in range(200)]
-    assert lrs[0] == pytest.approx(0.02) and lrs[4] == pytest.approx(0.1) and lrs[159] == pytest.approx(0.1)
-    assert lrs[160] == pytest.approx(0.01) and lrs[180] == pytest.approx(0.001)
+
+def test_cifar10_lt_learning_rate_is_the_official_one_at_every_epoch():
+    cfg = preset("cifar10-lt")
+    for epoch in range(cfg.epochs):
+        assert cfg.learning_rate(epoch) == pytest.approx(official_ldam_drw_lr(epoch), rel=1e-12), epoch
     assert Config(epochs=200).milestones() == [160, 180]
+    # The loop trains at what the config says.
+    cfg = preset("digits-quick", epochs=4, warmup_epochs=1, lr_milestones=[2, 3], lr_gamma=0.01)
+    lrs = [h["lr"] for h in train(cfg, save=False).history]
+    assert lrs == pytest.approx([0.05, 0.05, 0.0005, 0.000005])
 
 
 @pytest.mark.parametrize("name", models.MODELS.available())
