@@ -147,7 +147,7 @@ def test_datasets_declare_images_and_domains_as_they_load():
 @pytest.mark.parametrize(
     "name, params, match",
     [
-        ("toy2d", {"num_classes": 1}, r"dataset 'toy2d': num_classes=1 is out of range; allowed: an integer in \[2, inf\)"),
+        ("toy2d", {"num_classes": 1}, r"dataset 'toy2d': num_classes=1 is out of range; allowed: an integer in \[2, 1000\]"),
         ("toy2d", {"spread": 0.0}, "spread=0 is out of range"),
         ("digits", {"n_test_per_class": 0}, "n_test_per_class=0 is out of range"),
         ("digits", {"n_test_per_class": 2.5}, "n_test_per_class=2.5 must be an integer"),
