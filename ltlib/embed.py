@@ -69,12 +69,11 @@ def decision_grid(run: Run, size: int = 150, margin: float = 0.5) -> dict[str, n
     """
     import torch
 
-    from ltlib.config import Config
     from ltlib.inputs import Inputs
     from ltlib.parts import build_model_and_loss
     from ltlib.train import evaluation_logits, prepare_data
 
-    cfg = Config.from_dict(run.config)
+    cfg = run.checked_config()  # a crafted config.json fails here, in one line, before any data is made
     data = prepare_data(cfg)
     if data.input_shape != (2,):
         raise ValueError(f"decision regions need 2-D feature data like toy2d; {cfg.dataset} has input shape {data.input_shape}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ltlib.presets import preset
-from ltlib.runs import list_runs, load_run, save_run
+from ltlib.runs import abandoned_temporaries, clean_temporaries, list_runs, load_run, save_run
 from ltlib.train import train
 
 
@@ -60,3 +60,6 @@ def test_killed_mid_save_leaves_no_partial_folder(tmp_path, isolated_home):
     proc.wait()
     assert not (isolated_home / "run-1").exists()
     assert list_runs() == []
+    # The temporary names its writer, which is gone: it is abandoned, and cleaning removes it.
+    (tmp,) = abandoned_temporaries()
+    assert tmp.name.startswith(f".tmp-{proc.pid}.") and clean_temporaries() == 1 and list(isolated_home.iterdir()) == []
