@@ -32,7 +32,7 @@ setup() {
 
 case "${1:-}" in
   setup) setup ;;
-  app) setup; exec $VENV/bin/streamlit run app/Home.py "${@:2}" ;;
+  app) setup; exec $VENV/bin/streamlit run app/Home.py --server.address 127.0.0.1 --client.showErrorDetails none "${@:2}" ;;
   test)
     setup
     $VENV/bin/ruff check .

@@ -1,7 +1,8 @@
 """Long-Tail Lab explorer: ``streamlit run app/Home.py`` (or ``./lab.sh app``).
 
 The entry script sets up the page, the navigation over ``app/views/`` and the session's settings;
-the URL path names the page and its query parameters carry the settings (a shareable link).
+the URL path names the page and its query parameters carry the settings (a shareable link). It refuses to
+serve on a non-loopback address unless ``$LTLIB_APP_ADDRESS`` names that address (``common.address_refusal``).
 """
 
 import sys
@@ -25,7 +26,14 @@ PAGES = [
     ("views/lessons.py", "Lessons", ":material/school:"),
 ]
 
+# Tracebacks name server paths: the browser gets a generic message (the console keeps the details), even
+# when the server was started without ``--client.showErrorDetails none``.
+st.set_option("client.showErrorDetails", "none")
 st.set_page_config(page_title="Long-Tail Lab", layout="wide")
+refusal = common.address_refusal()
+if refusal:
+    st.error(refusal)
+    st.stop()
 common.settings()
 page = st.navigation([st.Page(path, title=title, icon=icon, default=title == "Train") for path, title, icon in PAGES])
 st.sidebar.caption("Long-Tail Lab: long-tailed image classification, method by method.")

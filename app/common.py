@@ -7,7 +7,9 @@ plain :class:`Job` object that the page polls.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,12 +20,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ltlib import plots
-from ltlib.config import Config
-from ltlib.data import DATASETS, cache_dir
+from ltlib.config import FIELD_RULES, Config
+from ltlib.data import DATASETS, cache_dir, data_roots
 from ltlib.families import METHOD_FAMILIES, unmet_data_needs
 from ltlib.models import MODELS, NORMS
 from ltlib.registry import Interval, Param, Registry
-from ltlib.runs import Run, list_runs, load_run
+from ltlib.runs import CorruptRun, Run, list_runs, load_run
 from ltlib.train import Cancelled, Event, TrainingDiverged, train
 
 # Method families shown as toggles: the library's catalogue, so new methods appear by themselves.
@@ -36,6 +38,19 @@ DEFAULTS: dict[str, Any] = {
     "runs": [],
 }
 NUMBERS = {"imbalance": float, "seed": int}
+# One allowed range per shared number, for the link parser and every page's widget alike: the config's own
+# rule, capped where a number widget ends. Browsers hold integers exactly only up to 2**53 - 1 (Streamlit
+# refuses a larger seed), and a widget needs a finite bound: no dataset here has a class of a million images.
+_WIDGET_MAX = {"imbalance": 1e6, "seed": 2**53 - 1}
+RANGES = {k: (NUMBERS[k](FIELD_RULES[k][0].low), NUMBERS[k](min(FIELD_RULES[k][0].high or cap, cap))) for k, cap in _WIDGET_MAX.items()}
+PROFILES = ["exp", "step"]
+# Datasets generated or shipped with scikit-learn load in milliseconds, so the Data page draws them on open;
+# every other one (files to decode, maybe a download) waits for a click.
+INSTANT_DATASETS = frozenset({"toy2d", "digits", "digits-domains"})
+# The app serves a loopback address only, unless this variable names the other address.
+ADDRESS_ENV = "LTLIB_APP_ADDRESS"
+# Session flag set by a Lab control's change or a lesson step: the Lab trains on its next run (never on a mere visit).
+LAB_TRAIN = "lab_train_requested"
 # A teacher's link: these settings travel in the URL (the page is the URL path).
 URL_KEYS = ("dataset", "imbalance", "profile", "seed", "loss", "sampler", "mixing", "schedule", "runs")
 # A training thread whose page has not polled for this long belongs to a closed tab: it stops.
@@ -57,28 +72,53 @@ def settings() -> dict[str, Any]:
 
 
 def load_url(cfg: dict[str, Any], params: dict[str, str]) -> list[str]:
-    """Apply URL parameters to ``cfg``; returns a warning for each value that is ignored."""
-    choices = {"dataset": DATASETS, **FAMILIES}
+    """Apply URL parameters to ``cfg``; returns a one-line warning (Markdown, the link's text escaped) for each value ignored."""
     problems = []
     for key in URL_KEYS:
         if key not in params:
             continue
         raw = params[key]
+        if key == "runs":  # a link names saved runs: the others are dropped, the rest kept
+            known = {r.id for r in list_runs()}
+            ids = [r for r in raw.split(",") if r]
+            cfg["runs"] = [r for r in ids if r in known]
+            if len(cfg["runs"]) < len(ids):
+                dropped = len(ids) - len(cfg["runs"])
+                problems.append(
+                    f"link setting runs={shown(raw)}: {dropped} unknown run id(s) dropped; allowed: ids of saved runs, comma-separated"
+                )
+            continue
         try:
-            if key == "runs":
-                cfg["runs"] = [r for r in raw.split(",") if r]
-            elif key in NUMBERS:
-                cfg[key] = NUMBERS[key](raw)
-            elif key == "profile":
-                if raw not in ("exp", "step"):
-                    raise ValueError("allowed: exp, step")
-                cfg[key] = raw
-            else:
-                choices[key].get(raw)
-                cfg[key] = raw
+            cfg[key] = link_value(key, raw)
         except ValueError as e:
-            problems.append(f"link setting {key}={raw!r} ignored: {e}")
+            problems.append(f"link setting {key}={shown(raw)} ignored; allowed: {e}")
     return problems
+
+
+def link_value(key: str, raw: str) -> Any:
+    """Setting ``key`` parsed from a link's text; ``ValueError`` saying what is allowed (never repeating the text)."""
+    if key in NUMBERS:
+        cast, (low, high) = NUMBERS[key], RANGES[key]
+        allowed = f"an integer in [{low}, {high}]" if cast is int else f"a number in [{low:g}, {high:.15g}]"
+        try:
+            value = cast(raw)
+        except ValueError:  # also int() of more than 4,300 digits
+            raise ValueError(allowed) from None
+        if not low <= value <= high:  # false for nan too
+            raise ValueError(allowed)
+        return value
+    options = PROFILES if key == "profile" else {"dataset": DATASETS, **FAMILIES}[key].available()
+    if raw not in options:
+        raise ValueError(", ".join(options))
+    return raw
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """Untrusted text for a Markdown message: quoted (control characters escaped), shortened, in a code span
+    fenced by more backticks than it holds, so no link, image, HTML or emphasis in it is rendered."""
+    quoted = repr(text if len(text) <= limit else text[:limit] + "...")
+    fence = "`" * (max(map(len, re.findall("`+", quoted)), default=0) + 1)
+    return f"{fence} {quoted} {fence}"
 
 
 def url_params(cfg: dict[str, Any]) -> dict[str, str]:
@@ -90,7 +130,7 @@ def url_params(cfg: dict[str, Any]) -> dict[str, str]:
             if value:
                 out[key] = ",".join(value)
         elif value != DEFAULTS[key]:
-            out[key] = f"{value:g}" if isinstance(value, float) else str(value)
+            out[key] = f"{value:.15g}" if isinstance(value, float) else str(value)  # exact enough to reproduce the setting
     return out
 
 
@@ -116,6 +156,31 @@ def choose(label: str, key: str, options: list[str], where: Any = st, widget: st
         cfg[key] = options[0]
     cfg[key] = where.selectbox(label, options, index=options.index(cfg[key]), key=widget or f"w_{key}", **kw)
     return cfg[key]
+
+
+def number_setting(label: str, key: str, where: Any = st, **kw: Any) -> Any:
+    """A number input bound to shared setting ``key``, bounded by ``RANGES`` on every page (as the link is)."""
+    cfg, cast = settings(), NUMBERS[key]
+    low, high = RANGES[key]
+    value = min(max(cast(cfg[key]), low), high)
+    cfg[key] = cast(where.number_input(label, min_value=low, max_value=high, value=value, key=f"w_{key}", **kw))
+    return cfg[key]
+
+
+def address_refusal() -> str | None:
+    """Why the app refuses to serve from the server's address (one line), or None for a loopback address
+    or the one ``$LTLIB_APP_ADDRESS`` names. An unset ``server.address`` means every interface, as 0.0.0.0."""
+    address = st.get_option("server.address") or "0.0.0.0"
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if loopback or address == os.environ.get(ADDRESS_ENV):
+        return None
+    return (
+        f"Refusing to serve on {address}: anyone on the network could use this app. Start it with `./lab.sh app` "
+        f"(this machine only), or set {ADDRESS_ENV}={address} to allow that address."
+    )
 
 
 # ----------------------------------------------------------------------------- methods and data
@@ -195,11 +260,15 @@ def _parse(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+# The app confines image-folder paths to these roots unless $LTLIB_DATA_ROOTS names others; setting
+# the variable makes ltlib.data check every file it reads (symlinks resolved), not only the top path.
+DEFAULT_DATA_ROOTS = (cache_dir(), Path("/usr/share/datasets"))
+os.environ.setdefault("LTLIB_DATA_ROOTS", os.pathsep.join(map(str, DEFAULT_DATA_ROOTS)))
+
+
 def allowed_data_roots() -> list[Path]:
-    """Folders an image-folder path may point into: ``$LTLIB_DATA_ROOTS`` (os.pathsep-separated), else the cache and /usr/share/datasets."""
-    env = os.environ.get("LTLIB_DATA_ROOTS")
-    roots = [Path(p) for p in env.split(os.pathsep) if p] if env else [cache_dir(), Path("/usr/share/datasets")]
-    return [r.expanduser().resolve() for r in roots]
+    """Folders an image-folder path may point into: ``$LTLIB_DATA_ROOTS``, else the cache and /usr/share/datasets."""
+    return data_roots() or [r.expanduser().resolve() for r in DEFAULT_DATA_ROOTS]
 
 
 def check_data_path(path: str) -> Path:
@@ -368,6 +437,11 @@ def pick_run(label: str = "run", where: Any = st) -> Run | None:
     chosen = where.selectbox(label, ids, index=ids.index(current), format_func=lambda i: run_label(by_id[i]), key="w_run")
     if not cfg["runs"] or cfg["runs"][0] != chosen:
         cfg["runs"] = [chosen, *[r for r in cfg["runs"] if r != chosen]]
+    try:
+        _ = by_id[chosen].arrays  # every page of one run draws from its arrays: a broken file is one line, not a traceback
+    except CorruptRun as e:
+        where.error(f"This run cannot be shown: {e}")
+        return None
     return by_id[chosen]
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(runs: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`streamlit run app/Home.py` with its own run store; yields its URL once it answers."""
+def server(runs: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), cwd: Path = ROOT) -> Iterator[str]:
+    """`streamlit run app/Home.py` (more command-line ``args``, from ``cwd``) with its own run store; yields its URL once it answers.
+
+    From the repo root Streamlit reads ``.streamlit/config.toml`` (address localhost); from elsewhere it does not.
+    """
     port = free_port()
     full_env = {**os.environ, "LTLIB_HOME": str(runs), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     full_env.setdefault("LTLIB_CACHE", str(ROOT / ".cache"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.port", str(port), "--server.headless", "true"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://localhost:{port}"
+    proc = subprocess.Popen([*cmd, *args], cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"  # IPv4 loopback: served by localhost, 127.0.0.1 and 0.0.0.0 alike
     try:
         for _ in range(240):
             try:

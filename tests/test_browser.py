@@ -75,6 +75,7 @@ def test_download_png_is_a_png(app):
 def test_lab_toggle_changes_chart_and_link_reopens_state(app):
     url, context = app
     page = open_page(context, f"{url}/lab")
+    page.get_by_role("button", name="Train these controls").click()  # opening the Lab trains nothing
     page.wait_for_function(
         "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => t.textContent.startsWith('after'))", timeout=90_000
     )

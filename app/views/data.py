@@ -10,11 +10,9 @@ st.title("Data")
 cfg = common.settings()
 c1, c2, c3, c4 = st.columns(4)
 name = common.choose("dataset", "dataset", DATASETS.available(), c1, help=common.method_help(DATASETS))
-cfg["imbalance"] = c2.number_input(
-    "imbalance ratio (largest / smallest)", min_value=1.0, value=float(cfg["imbalance"]), step=10.0, key="w_imbalance"
-)
-cfg["profile"] = c3.selectbox("profile", ["exp", "step"], index=["exp", "step"].index(cfg["profile"]), key="w_profile")
-cfg["seed"] = int(c4.number_input("seed", value=int(cfg["seed"]), step=1, key="w_seed"))
+common.number_setting("imbalance ratio (largest / smallest)", "imbalance", c2, step=10.0)
+common.choose("profile", "profile", common.PROFILES, c3)
+common.number_setting("seed", "seed", c4, step=1)
 st.caption(DATASETS.get(name).summary + " — " + DATASETS.get(name).paper)
 
 params = {}
@@ -26,8 +24,16 @@ if "path" in DATASETS.get(name).defaults and name != "cifar10":
     except ValueError as e:
         st.error(str(e))
         st.stop()
+source = (name, tuple(sorted(params.items())))
+loaded = st.session_state.setdefault("data_loaded", set())
+if name not in common.INSTANT_DATASETS and source not in loaded:
+    # Decoding or downloading takes seconds to minutes: only on request, never because a link was opened.
+    if not st.button(f"Load {name}", key="data_load", type="primary"):
+        st.info(f"Press **Load {name}** to read the dataset and draw its long tail.")
+        st.stop()
+    loaded.add(source)
 try:
-    base = common.load_base(name, tuple(sorted(params.items())))
+    base = common.load_base(*source)
     data = make_long_tailed(base, cfg["imbalance"], cfg["profile"], cfg["seed"])
 except (ValueError, FileNotFoundError, OSError) as e:
     st.error(str(e))

@@ -31,9 +31,14 @@ run = common.pick_run()
 if run is not None and run.config["dataset"] == "toy2d":
     st.caption("toy2d lives in 2-D already: here are the classifier's decision regions, with the test points.")
     names = run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
-    grid = st.cache_data(embed.decision_grid, show_spinner="drawing the decision regions…", hash_funcs={type(run): lambda r: str(r.path)})(
-        run
-    )
+    try:
+        run.checked_config()  # the saved config rebuilds the data: refuse one that is not a valid config
+        grid = st.cache_data(
+            embed.decision_grid, show_spinner="drawing the decision regions…", hash_funcs={type(run): lambda r: str(r.path)}
+        )(run)
+    except (ValueError, MemoryError) as e:  # CorruptRun (config, weights), or data too large to rebuild
+        st.error(f"Cannot draw the decision regions: {e}")
+        st.stop()
     common.figure(plots.decision_regions(grid, names), "decision_regions")
 elif run is not None:
     if os.environ.get("LTLIB_UMAP_WARM_UP", "1") != "0":  # tests switch it off to spare the CPU
@@ -42,7 +47,11 @@ elif run is not None:
     cached = (run.path / f"embedding-{method}.npy").exists()
     started = time.perf_counter()
     with st.spinner(f"computing {LABELS[method]} once for this run…" if not cached else "loading…"):
-        coords, labels = embed.run_embedding(run, method)
+        try:
+            coords, labels = embed.run_embedding(run, method)
+        except (ValueError, EOFError) as e:  # a broken embedding cache file beside the run
+            st.error(f"Cannot project this run: {e}")
+            st.stop()
     seconds = time.perf_counter() - started
     names = run.meta.get("class_names") or [str(i) for i in range(len(run.eval["class_counts"]))]
     st.caption(f"{len(labels):,} test images · {LABELS[method]} {'from the cache' if cached else f'computed in {seconds:.2f} s'}")

@@ -74,4 +74,5 @@ for i, (title, what, steps, look_for) in enumerate(LESSONS):
             text = f"step {j + 1}: loss {step['loss']} · sampler {step['sampler']} · mixup {mix} · ×{step['imbalance']:g}"
             if row.button(text, key=f"lesson_{i}_{j}"):
                 common.set_settings(**step)
+                st.session_state[common.LAB_TRAIN] = True
                 st.switch_page("views/lab.py")

@@ -18,11 +18,11 @@ defaults = Config()
 with st.container(border=True):
     c = st.columns(6)
     dataset = common.choose("dataset", "dataset", DATASETS.available(), c[0], help=common.method_help(DATASETS))
-    cfg["imbalance"] = c[1].number_input("imbalance", min_value=None, value=float(cfg["imbalance"]), step=10.0, key="w_imbalance")
-    cfg["profile"] = c[2].selectbox("profile", ["exp", "step"], index=["exp", "step"].index(cfg["profile"]), key="w_profile")
+    common.number_setting("imbalance", "imbalance", c[1], step=10.0)
+    common.choose("profile", "profile", common.PROFILES, c[2])
     model = common.choose("model", "model", common.model_names(), c[3])
     norm = common.choose("norm layer", "norm", common.norm_names(), c[4])
-    cfg["seed"] = int(c[5].number_input("seed", value=int(cfg["seed"]), step=1, key="w_seed"))
+    common.number_setting("seed", "seed", c[5], step=1)
 
 data_params = dict(st.session_state.get("data_params", {})) if dataset == "imagefolder" else {}
 caps = common.data_capabilities(dataset)  # declared by the dataset's entry: nothing loads on page open
@@ -126,7 +126,11 @@ def live() -> None:
         return
     common.job_status(j)
     if j.status == "finished" and j.run_id:
-        run = load_run(j.run_id)
+        try:
+            run = load_run(j.run_id)
+        except (ValueError, FileNotFoundError) as e:  # deleted or broken since it was trained
+            st.error(f"Cannot show this run: {e}")
+            return
         st.success(f"finished in {j.seconds:.1f} s on {run.meta.get('device')} — run {run.id}")
         common.metric_row(run.eval)
         common.figure(plots.training_curves(run.history), "training_curves", key="train_curves")
