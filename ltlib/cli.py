@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import typing
 from dataclasses import fields
@@ -74,15 +75,42 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: one ``error:`` line and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} is out of range; allowed: an integer >= 1")
+        torch.set_num_threads(args.threads)
+
+
+# Runs saved by this process so far: after an interrupt, the message says what was kept.
+SAVED: list[str] = []
+
+
+def _note_saved(event) -> None:
+    if event.kind == "end" and event.data.get("run_id"):
+        SAVED.append(event.data["run_id"])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ltlib.train import train
 
     cfg = config_from_args(args)
+    _set_threads(args)
     bars: list[tqdm] = []
 
     def progress(event) -> None:
+        _note_saved(event)
         if event.kind == "start":  # only once the config and data have been accepted
             bars.append(tqdm(total=cfg.epochs, unit="epoch", disable=args.quiet, leave=False))
         if event.kind == "epoch":
@@ -113,18 +141,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--grid {key}=… is not a config field; fields: {', '.join(f.name for f in fields(Config))}")
         axes[key] = [_value(v) for v in str(value).split(",")] if isinstance(value, str) else [value]
     configs = grid(config_from_args(args), axes)
-    print(f"training {len(configs)} run(s) together", file=sys.stderr)
-    done = lambda i, e: e.kind == "end" and print(f"  finished {i + 1}/{len(configs)}: {e.data['run_id']}", file=sys.stderr)  # noqa: E731
-    results = train_many(configs, callbacks=[done], root=args.out, stack=not args.no_stack)
+    _set_threads(args)
+    started: list[int] = []
+
+    def progress(i: int, e) -> None:
+        _note_saved(e)
+        if e.kind == "start" and not started:  # every config and its data have been accepted
+            started.append(i)
+            print(f"training {len(configs)} run(s)", file=sys.stderr)
+        if e.kind == "end":
+            print(f"  finished {i + 1}/{len(configs)}: {e.data['run_id']}", file=sys.stderr)
+
+    results = train_many(configs, callbacks=[progress], root=args.out, stack=not args.no_stack)
     args.runs = [r.run_id for r in results]
     return cmd_compare(args)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ltlib.runs import list_runs
+    from ltlib.runs import clean_temporaries, runs_home, scan_runs
 
+    if args.clean:
+        removed = clean_temporaries(args.out)
+        print(f"removed {removed} abandoned temporar{'y' if removed == 1 else 'ies'} of interrupted saves", file=sys.stderr)
+    scan = scan_runs(args.out)
     rows = []
-    for r in list_runs(args.out):
+    for r in scan.runs:
         e = r.eval or {}
         rows.append(
             [
@@ -142,6 +183,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(
         _table(rows, ["run", "status", "dataset", "imbalance", "loss", "sampler", "mixing", "balanced_acc", "few"]) if rows else "no runs"
     )
+    for e in scan.corrupt:  # listed, not fatal: one broken folder must not hide the others
+        print(f"warning: corrupt run {e.folder.name}: {e}", file=sys.stderr)
+    if scan.abandoned:
+        print(
+            f"note: {len(scan.abandoned)} abandoned temporar{'y' if len(scan.abandoned) == 1 else 'ies'} of interrupted saves "
+            f"in {runs_home(args.out)}; `ltlib runs --clean` removes them",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -193,12 +242,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ltlib", description="Long-Tail Lab: long-tailed image classification")
+    p = Parser(prog="ltlib", description="Long-Tail Lab: long-tailed image classification")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run and save it")
     t.add_argument("--preset", choices=None, help=f"start from a named preset ({', '.join(presets.available())})")
     t.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); fix it for byte-identical results across machines")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
     w = sub.add_parser("sweep", help="train a grid of configs together (concurrently on a GPU) and compare them")
@@ -206,10 +256,12 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
     w.add_argument("--grid", type=_key_value, action="append", metavar="FIELD=V1,V2", help="values of a config field (repeatable)")
     w.add_argument("--no-stack", action="store_true", help="on a GPU, train each run on its own stream instead of in model-stacks")
+    w.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     _add_config_flags(w)
     w.set_defaults(func=cmd_sweep)
-    r = sub.add_parser("runs", help="list saved runs")
+    r = sub.add_parser("runs", help="list saved runs (and corrupt ones)")
     r.add_argument("--out")
+    r.add_argument("--clean", action="store_true", help="first remove temporaries left by interrupted saves")
     r.set_defaults(func=cmd_runs)
     s = sub.add_parser("show", help="per-class table of one run")
     s.add_argument("run")
@@ -224,23 +276,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: through the same clean-up
+
+
 def main(argv: list[str] | None = None) -> int:
     from ltlib.train import Cancelled, TrainingDiverged
 
-    args = parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    SAVED.clear()
     try:
+        args = parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, Cancelled) as e:
+    except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Cancelled):
+        kept = f"finished runs kept: {', '.join(SAVED)}" if SAVED else "nothing was saved"
+        print(f"error: interrupted; {kept}", file=sys.stderr)
+        return 130
     except RuntimeError as e:
         if "out of memory" in str(e).lower():
             print("error: out of memory; try a smaller --batch-size or --device cpu", file=sys.stderr)
             return 1
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -111,19 +111,22 @@ class Config:
             raise ValueError(f"lr_milestones={self.lr_milestones} is out of range; allowed: epochs in [0, {self.epochs})")
 
 
+# A run longer than this is a typo, not a plan (the papers train 90-400 epochs).
+MAX_EPOCHS = 100_000
+
 # Allowed values of the config's own fields (types come from the annotations above).
 FIELD_RULES: dict[str, tuple[Interval | Check, ...]] = {
     "imbalance": (Interval(1, None),),
     "val_fraction": (Interval(0, 1, closed="left"),),
-    "epochs": (Interval(1, None),),
+    "epochs": (Interval(1, MAX_EPOCHS),),
     "batch_size": (Interval(1, None),),
     "lr": (Interval(0, None, closed="neither"),),
     "momentum": (Interval(0, 1, closed="left"),),
     "weight_decay": (Interval(0, None),),
-    "warmup_epochs": (Interval(0, None),),
-    "lr_milestones": (Interval(0, None),),
+    "warmup_epochs": (Interval(0, MAX_EPOCHS),),
+    "lr_milestones": (Interval(0, MAX_EPOCHS),),
     "lr_gamma": (Interval(0, None, closed="neither"),),
-    "eval_every": (Interval(1, None),),
+    "eval_every": (Interval(1, MAX_EPOCHS),),
     "tau_norm": (Interval(0, None),),
     "feature_samples": (Interval(0, None),),
     "seed": (Interval(0, 2**63 - 1),),

@@ -28,7 +28,7 @@ from ltlib.data import Dataset, load_dataset
 from ltlib.families import chosen
 from ltlib.fast import GraphEpoch, Member
 from ltlib.stack import copy_pairs, stack_backbones, stack_reason
-from ltlib.train import Config, Event, Result, choose_engine, resolve_device, train
+from ltlib.train import Config, Event, Result, choose_engine, prepare_data, resolve_device, train, with_validation_split
 
 # Models per stack: eight ResNet-32s already keep an H100 busy (docs/performance.md).
 MAX_STACK = 8
@@ -255,8 +255,8 @@ def train_many(
 ) -> list[Result]:
     """Train every config (concurrently on a GPU) and return their results in order.
 
-    ``callbacks`` receive ``(index of the config, event)``. All configs are validated before any
-    training starts, so a bad one fails fast and leaves no run folder. ``concurrent`` (default: only
+    ``callbacks`` receive ``(index of the config, event)``. All configs are validated, and checked
+    against their data, before any training starts, so a bad one fails fast and leaves no run folder. ``concurrent`` (default: only
     when a run is on a GPU) trains in threads; concurrent graph-engine runs then train in model-stacks
     unless ``stack`` is False (each its own graph on its own stream).
     """
@@ -267,6 +267,8 @@ def train_many(
         cfg.validate()
     callbacks = list(callbacks)
     data = _datasets(configs)
+    for cfg in configs:  # the checks that need the data (e.g. an imbalance that empties a class), also before any training
+        prepare_data(with_validation_split(cfg)[0], data[_dataset_key(cfg)])
 
     if concurrent is None:
         concurrent = any(resolve_device(c.device).type == "cuda" for c in configs)

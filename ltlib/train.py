@@ -36,7 +36,7 @@ from ltlib.inputs import Inputs, predict
 from ltlib.metrics import evaluate
 from ltlib.models import Classifier
 from ltlib.parts import Parts, build_model_and_loss, build_parts
-from ltlib.runs import new_run_id, save_run
+from ltlib.runs import check_store, new_run_id, save_run
 from ltlib.state import TrainState
 
 __all__ = ["Cancelled", "Config", "EagerEpoch", "Event", "Result", "TrainingDiverged", "train"]
@@ -260,6 +260,8 @@ def train(
     sweep's model-stack seat); by default a graph epoch of its own.
     """
     cfg.validate()
+    if save:
+        check_store(root)  # a store path that cannot hold runs fails now, not after the training
     cfg, val_note = with_validation_split(cfg)
     callbacks = list(callbacks)
 
@@ -449,6 +451,7 @@ def _save(cfg, data, counts, history, info, started, root, status, error=None, f
         "n_test": int(len(data.y_test)),
         "n_val": 0 if data.y_val is None else int(len(data.y_val)),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # CPU results are byte-identical only at the same thread count
     }
     state_dict = model.state_dict() if model is not None else None
     return save_run(new_run_id(cfg.dataset, cfg.loss), cfg.to_dict(), meta, history, final, arrays, state_dict, root)

@@ -12,4 +12,6 @@ def isolated_home(tmp_path, monkeypatch):
     """Every test writes runs into its own folder; the dataset cache is shared across the session."""
     monkeypatch.setenv("LTLIB_HOME", str(tmp_path / "runs"))
     monkeypatch.setenv("LTLIB_CACHE", os.environ.get("LTLIB_TEST_CACHE", str(ROOT / ".cache")))
+    # Importing the app confines data paths for the whole process; tests of data read their own folders.
+    monkeypatch.delenv("LTLIB_DATA_ROOTS", raising=False)
     return tmp_path / "runs"
