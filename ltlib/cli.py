@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from ltlib import presets
@@ -34,11 +36,28 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), _value(value)
 
 
+class _Names(list):
+    """A registry's names as argparse choices: shell completion lists them, while the registry's own
+    check (with its "unknown loss 'x'; choose one of …" line) stays the one that refuses a name."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ``Config`` field, its help from the field's comment, with the default and the choices."""
+    from ltlib.families import FAMILIES
+
     hints = typing.get_type_hints(Config)
+    helps = Config.help()
+    names = {f.name: f.registry.available() for f in FAMILIES}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
+        default = Config.__dataclass_fields__[f.name].default
+        text = helps.get(f.name, "")
+        if f.name in names:
+            text += f" One of: {', '.join(names[f.name])}."
         if f.name.endswith("_params"):
             base = f.name[: -len("_params")]
             p.add_argument(
@@ -49,24 +68,89 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 metavar="KEY=VALUE",
                 help=f"a {base} parameter (repeatable); `ltlib methods` lists each {base}'s parameters and allowed values",
             )
-        elif hint is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            continue
+        shown = json.dumps(default) if default is not MISSING else "[] = 80 % and 90 % of epochs"
+        text = f"{text} (default: {shown})".replace("%", "%%")  # argparse formats help with %
+        if hint is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(hint) is list:
-            p.add_argument(flag, dest=f.name, type=int, nargs="*", metavar="EPOCH")
+            p.add_argument(flag, dest=f.name, type=int, nargs="*", metavar="EPOCH", help=text)
         else:
-            # Optional fields (``float | None``) parse as their non-None type.
-            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+            options = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            if options is None:  # optional fields (``float | None``) parse as their non-None type
+                hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
             kind = hint if hint in (int, float) else str
-            p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper())
+            metavar = "{" + ",".join(options) + "}" if options else f.name.upper()
+            choices = _Names(names[f.name]) if f.name in names else None
+            p.add_argument(flag, dest=f.name, type=kind, metavar=metavar, choices=choices, help=text)
+
+
+def _config_file(path: str) -> dict[str, Any]:
+    """A config file's fields: TOML (``.toml``) or YAML (``.yaml``/``.yml``), a table of ``Config`` fields."""
+    file = Path(path)
+    if file.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"--config {path}: unknown file type {file.suffix!r}; allowed: .toml, .yaml, .yml")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)  # plain data only: safe_load never builds Python objects
+    except ImportError as e:
+        raise ValueError(f"--config {path}: reading it needs the {e.name} package (pip install pyyaml)") from None
+    except Exception as e:  # each parser has its own error types; all mean "not a valid file"
+        raise ValueError(f"--config {path} is not valid {file.suffix[1:].upper()}: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a table of config fields, not {type(data).__name__}")
+    return data
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults ← ``--preset`` or ``--from-run`` ← ``--config FILE`` ← the flags given."""
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
     for name in [k for k in given if k.endswith("_params")]:
         given[name] = dict(given[name])
+    if args.preset and getattr(args, "from_run", None):
+        raise ValueError("--preset and --from-run both give a starting config; choose one")
+    base: dict[str, Any] = {}
     if args.preset:
-        return presets.preset(args.preset, **given)
-    return Config.from_dict(given)
+        base = presets.preset(args.preset).to_dict()
+    elif getattr(args, "from_run", None):
+        from ltlib.runs import load_run
+
+        base = dict(load_run(args.from_run, getattr(args, "out", None)).config)
+    if getattr(args, "config", None):
+        base.update(_config_file(args.config))
+    return Config.from_dict({**base, **given})
+
+
+def _add_start_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help=f"start from a named preset ({', '.join(presets.available())})")
+    p.add_argument("--from-run", metavar="RUN", help="start from a saved run's config (re-run it; flags override)")
+    p.add_argument("--config", metavar="FILE", help="config fields from a TOML or YAML file (over the preset; flags override)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--out", help="runs folder (default $LTLIB_HOME)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; only errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="also say how the run is trained (engine, fallbacks)")
+
+
+def _set_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=level, force=True)
+    logging.getLogger("ltlib").setLevel(level)
+
+
+def _print_config(cfg: Config) -> int:
+    cfg.validate()
+    print(json.dumps(cfg.to_dict(), indent=1))
+    return 0
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -106,7 +190,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltlib.train import train
 
     cfg = config_from_args(args)
+    if args.print_config:
+        return _print_config(cfg)
     _set_threads(args)
+    _set_logging(args)
     bars: list[tqdm] = []
 
     def progress(event) -> None:
@@ -141,7 +228,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"--grid {key}=… is not a config field; fields: {', '.join(f.name for f in fields(Config))}")
         axes[key] = [_value(v) for v in str(value).split(",")] if isinstance(value, str) else [value]
     configs = grid(config_from_args(args), axes)
+    if args.print_config:
+        print(json.dumps([c.to_dict() for c in configs], indent=1))
+        return 0
     _set_threads(args)
+    _set_logging(args)
     started: list[int] = []
 
     def progress(i: int, e) -> None:
@@ -241,19 +332,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:
+        raise ValueError("shell completion needs the shtab package: pip install shtab") from None
+    # A static script: pressing TAB runs the shell's completion, not Python (no torch import per key).
+    print(shtab.complete(parser(), shell=args.shell))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="ltlib", description="Long-Tail Lab: long-tailed image classification")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run and save it")
-    t.add_argument("--preset", choices=None, help=f"start from a named preset ({', '.join(presets.available())})")
-    t.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_start_flags(t)
     t.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); fix it for byte-identical results across machines")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
     w = sub.add_parser("sweep", help="train a grid of configs together (concurrently on a GPU) and compare them")
-    w.add_argument("--preset", help="start from a named preset")
-    w.add_argument("--out", help="runs folder (default $LTLIB_HOME or ./runs)")
+    _add_start_flags(w)
     w.add_argument("--grid", type=_key_value, action="append", metavar="FIELD=V1,V2", help="values of a config field (repeatable)")
     w.add_argument("--no-stack", action="store_true", help="on a GPU, train each run on its own stream instead of in model-stacks")
     w.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
@@ -271,6 +369,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+")
     c.add_argument("--out")
     c.set_defaults(func=cmd_compare)
+    k = sub.add_parser("completion", help='print a shell completion script (bash, zsh or tcsh): eval "$(ltlib completion bash)"')
+    k.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    k.set_defaults(func=cmd_completion)
     m = sub.add_parser("methods", help="list every registered dataset, model and method")
     m.set_defaults(func=cmd_methods)
     return p

@@ -14,6 +14,7 @@ the tests compare the graph runner with this one step by step.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -109,6 +110,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} is not available on this machine; allowed: auto, cpu")
     return torch.device(name)
+
+
+log = logging.getLogger("ltlib")
 
 
 def with_validation_split(cfg: Config) -> tuple[Config, str]:
@@ -328,6 +332,14 @@ def train(
     setup_started = time.time()
     runner = make_runner()
     engine_note += runner.note
+    # A GPU run that falls back to the eager loop is several times slower: say so, not only in meta.json.
+    log.log(
+        logging.WARNING if engine == "eager" and device.type == "cuda" else logging.INFO,
+        "%s engine on %s%s",
+        engine,
+        device,
+        f": {engine_note}" if engine_note else "",
+    )
     steps = math.ceil(len(y_train) / cfg.batch_size)
     history: list[dict[str, Any]] = []
     domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
