@@ -57,6 +57,8 @@ class Member:
     # state, so a fresh runner (after a hook asked for one) goes on with them, and a two-stage
     # schedule that clears the optimiser's state starts stage 2 afresh, as on the eager loop.
     optimizer: torch.optim.Optimizer | None = None
+    # The optimiser's own batch objective from per-sample losses (ABSGD's attention); None: the mean.
+    reduce: torch.nn.Module | None = None
 
 
 @dataclass
@@ -96,7 +98,9 @@ class GraphEpoch:
         self.backbone, self.members = backbone, members
         # Everything the step trains (a loss may own layers: ResCom's projection head), and whose
         # state (weights, BN statistics, a loss's running buffers) the warm-up must leave as it found it.
-        self.network = torch.nn.ModuleList([backbone, *(m.head for m in members), *(m.loss_fn for m in members)])
+        self.network = torch.nn.ModuleList(
+            [backbone, *(m.head for m in members), *(m.loss_fn for m in members), *(m.reduce for m in members if m.reduce is not None)]
+        )
         sharpness = {m.sharpness for m in members}
         if len(sharpness) > 1 or (len(members) > 1 and sharpness != {0.0}):
             raise ValueError("SAM's second pass needs a graph epoch of its own: its ρ·g/‖g‖ is one norm over one model")
@@ -169,7 +173,7 @@ class GraphEpoch:
             parts = feats.unflatten(1, (len(xs), -1)).unbind(1) if len(xs) > 1 else (feats,)
             logits = [m.head(f) for m, f in zip(self.members, parts)]
         return [
-            batch_objective(m.loss_fn, z, b.y, b.y_b, b.lam, features=f.float(), domains=b.domains, weight=b.weight)
+            batch_objective(m.loss_fn, z, b.y, b.y_b, b.lam, features=f.float(), domains=b.domains, weight=b.weight, reduce=m.reduce)
             for m, b, z, f in zip(self.members, batches, logits, parts)
         ]
 

@@ -105,14 +105,13 @@ class SAM(torch.optim.SGD):
 @OPTIMIZERS.register(
     "absgd",
     paper="Qi, Xu, Jin, Yin & Yang, Attentional-Biased Stochastic Gradient Descent, TMLR 2023",
-    traits=("epoch hook", "reduces batch"),
+    traits=("epoch hook", "reduces batch", "changes step"),
     constraints={
         "lam": Check(lambda v: v != 0, "non-zero (> 0 for imbalance, < 0 for label noise)"),
         "gamma": Interval(0, 1, closed="right"),
         "alpha": Interval(0, None, closed="neither"),
         "start_epoch": Interval(0, None),
     },
-    eager="is not captured (only plain SGD is)",
 )
 class ABSGD(torch.optim.SGD):
     """Attentional-biased SGD: momentum SGD on Σ p_i ℓ_i with p_i ∝ exp(ℓ_i/λ), a per-sample attention on hard samples.
@@ -153,31 +152,50 @@ class ABSGD(torch.optim.SGD):
         start_epoch: int | None = None,
     ) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-        self.lam, self.gamma, self.alpha, self.start_epoch = lam, gamma, alpha, start_epoch
+        self.start_epoch = start_epoch
         self.active = start_epoch == 0
-        self.log_u: torch.Tensor | None = None  # log of the official moving average u; None while u = 0
+        self.attention = BatchAttention(lam, gamma, alpha)
 
     @property
     def u(self) -> float:
         """The official code's moving average u, for inspection (inf where it is beyond the float range)."""
-        if self.log_u is None:
-            return 0.0
-        log_u = float(self.log_u)
+        log_u = float(self.attention.log_u)
         return math.exp(log_u) if log_u < 709.0 else math.inf
 
     def on_epoch_start(self, epoch: int, state: TrainState) -> None:
-        self.active = epoch >= _start_epoch(self.start_epoch, 0.8, state.cfg.epochs)
+        active = epoch >= _start_epoch(self.start_epoch, 0.8, state.cfg.epochs)
+        if active != self.active:
+            state.rebuild = True  # the step's objective changes from the batch mean to the attention
+        self.active = active
 
-    def reduce(self, values: torch.Tensor) -> torch.Tensor:
-        """The batch objective from per-sample losses: Σ p_i ℓ_i once active, the plain mean before."""
-        if not self.active:
-            return values.mean()
+    @property
+    def objective(self) -> BatchAttention | None:
+        """The batch objective from per-sample losses: the attention Σ p_i ℓ_i once active; None (the
+        plain mean) before. Fixed between epoch hooks, so a captured step can hold it."""
+        return self.attention if self.active else None
+
+
+class BatchAttention(torch.nn.Module):
+    """ABSGD's weighted batch objective Σ p_i ℓ_i with its moving-average normaliser kept as log u.
+
+    A module with a buffer, so that the CUDA-graph step updates u in place on the device and its
+    warm-up (which trains a few steps and then restores the network's state) restores u too.
+    """
+
+    def __init__(self, lam: float, gamma: float, alpha: float) -> None:
+        super().__init__()
+        self.lam, self.gamma, self.alpha = lam, gamma, alpha
+        # log u; −inf is the official u = 0 before the first step (logaddexp(−inf, x) = x).
+        self.register_buffer("log_u", torch.tensor(-math.inf))
+        self.log_decay = math.log(1 - gamma) if gamma < 1 else -math.inf
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        if self.log_u.device != values.device:
+            self.log_u = self.log_u.to(values.device)
         z = values.detach().float() / self.lam
         n = len(values)
         # log(γ·α·mean_j exp(ℓ_j/λ)), by log-sum-exp: finite for any finite ℓ.
         log_new = math.log(self.gamma * self.alpha) + torch.logsumexp(z, 0) - math.log(n)
-        if self.log_u is not None and self.gamma < 1:
-            log_new = torch.logaddexp(math.log(1 - self.gamma) + self.log_u, log_new)
-        self.log_u = log_new
-        p = torch.exp(z - log_new) / n  # = exp(ℓ_i/λ) / (u·B); the exponent is ≤ log(B/(γα))
+        self.log_u.copy_(torch.logaddexp(self.log_decay + self.log_u, log_new))
+        p = torch.exp(z - self.log_u) / n  # = exp(ℓ_i/λ) / (u·B); the exponent is ≤ log(B/(γα))
         return (p * values).sum()

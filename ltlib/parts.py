@@ -53,7 +53,7 @@ class Parts:
     @property
     def reduce(self):  # noqa: ANN201 - a callable or None
         """The optimiser's own batch objective from per-sample losses (ABSGD), or None for the mean."""
-        return self.optimizer.reduce if "reduces batch" in optim.OPTIMIZERS.get(self.cfg.optimizer).traits else None
+        return self.optimizer.objective if "reduces batch" in optim.OPTIMIZERS.get(self.cfg.optimizer).traits else None
 
 
 def build_model_and_loss(cfg: Config, data: Dataset, device: torch.device) -> tuple[Classifier, str, losses.Loss]:

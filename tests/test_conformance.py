@@ -115,7 +115,7 @@ def test_declared_traits_agree_with_behaviour(fam: Family, entry: Entry):
         assert ("experts head" in traits) == (head is models.ExpertsHead), "experts head"
         assert ("own parameters" in traits) == any(True for _ in part.parameters()), "own parameters"
     if fam.name == "optimizer":
-        assert ("reduces batch" in traits) == hasattr(part, "reduce"), "reduces batch"
+        assert ("reduces batch" in traits) == hasattr(part, "objective"), "reduces batch"
     if fam.name == "mixing" and "bbn model" not in traits:
         drawn = []
 
