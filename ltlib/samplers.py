@@ -157,7 +157,6 @@ def _invert_sigmoid(p: torch.Tensor) -> torch.Tensor:
     paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020",
     traits=("epoch hook",),
     constraints={"lr": Interval(0, None, closed="neither"), "meta_per_class": Interval(1, None), "meta_steps": Interval(0, None)},
-    eager="learns between epochs with its own forward and backward passes",
 )
 class MetaSampler:
     """Meta sampler (BALMS): per-class sampling rates learned by a bilevel step on a balanced meta set.

@@ -35,11 +35,11 @@ def test_graph_engine_matches_eager_losses(kw):
 
 
 def test_engine_falls_back_with_a_reason():
-    result = train(preset("digits-quick", engine="graph", epochs=1, sampler="meta", device="cpu"))
+    result = train(preset("digits-quick", engine="graph", epochs=1, norm="compound_bn", device="cpu"))
     from ltlib.runs import load_run
 
     meta = load_run(result.run_id).meta
-    assert meta["engine"] == "eager" and "sampler 'meta'" in meta["engine_note"]
+    assert meta["engine"] == "eager" and "norm 'compound_bn'" in meta["engine_note"]
     assert load_run(train(preset("digits-quick", epochs=1, device="cpu")).run_id).meta["engine"] == "eager"  # auto on CPU
 
 

@@ -50,7 +50,7 @@ def test_stacked_runs_train_like_runs_alone(device, monkeypatch):
     """Graph-engine runs of one shape train as a model-stack (grouped convolutions, one graph epoch);
     each run's losses and accuracy match the same config trained alone (up to float rounding: the
     grouped convolutions sum in another order), the mixup runs in a stack of their own (runs stack only
-    with runs of the same mixing), and the meta-sampler run, which cannot stack, eagerly beside them.
+    with runs of the same mixing), and the meta-sampler run, whose between-epoch meta steps read its own model.
     On a GPU: captured graphs, float32 without TF32 (whose noise compounds)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     base = preset(
