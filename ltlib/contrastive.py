@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltlib.losses import EAGER_INPUTS, LOSSES, NON_NEGATIVE, POSITIVE, UNIT, Loss
+from ltlib.losses import LOSSES, NON_NEGATIVE, POSITIVE, UNIT, Loss
 from ltlib.registry import Interval
 
 
 def supcon_per_sample(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """SupCon per anchor: −(1/|P_i|) Σ_{p∈P_i} log softmax(logits_i)_p (``positive`` is a 0/1 mask; 0 when P_i is empty)."""
-    log_p = F.log_softmax(logits, dim=1)
+    # Candidates masked out with −inf (an anchor itself) are never positives: 0·(−inf) must not be NaN.
+    log_p = F.log_softmax(logits, dim=1).masked_fill(positive == 0, 0.0)
     return -(positive * log_p).sum(1) / positive.sum(1).clamp_min(1e-9)
 
 
@@ -35,7 +36,6 @@ def supcon_per_sample(logits: torch.Tensor, positive: torch.Tensor) -> torch.Ten
         "dim": Interval(1, None),
         "beta": UNIT,
     },
-    eager=EAGER_INPUTS,
 )
 class ResCom(Loss):
     """Balanced-Softmax CE + λ·class-balanced SupCon with hard positives/negatives mined from a class-balanced queue.
@@ -79,9 +79,17 @@ class ResCom(Loss):
         self.queue_per_class, self.dim = queue_per_class, dim
         effective = (1.0 - beta ** self.class_counts.clamp_min(1.0).double()) / (1.0 - beta)
         self.register_buffer("contrast_weight", (effective.mean() / effective).float())
-        self.register_buffer("queue", F.normalize(torch.randn(c, queue_per_class, dim), dim=2))
+        # One row per class and a spare last row where the keys a batch does not keep are written, so
+        # that enqueueing has fixed shapes (no boolean indexing: it runs inside a CUDA graph).
+        queue = F.normalize(torch.randn(c, queue_per_class, dim), dim=2)
+        self.register_buffer("slots", torch.cat([queue, torch.zeros(1, queue_per_class, dim)]))
         self.register_buffer("queue_ptr", torch.zeros(c, dtype=torch.long))
         self.projection: nn.Module | None = None
+
+    @property
+    def queue(self) -> torch.Tensor:
+        """The keys of every class: (classes, ``queue_per_class``, ``dim``), a view of the slots."""
+        return self.slots[:-1]
 
     def attach(self, model: nn.Module) -> None:
         """Build the projection head for the backbone's feature width (called by the loop before the optimiser)."""
@@ -90,15 +98,16 @@ class ResCom(Loss):
 
     def contrastive(self, q: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Unweighted SupCon_i of normalised projections ``q`` against the batch and the mined queue keys."""
-        b, c, k = len(targets), *self.queue.shape[:2]
-        off_diagonal = ~torch.eye(b, dtype=torch.bool, device=q.device)
-        sim_batch = (q @ q.T)[off_diagonal].view(b, b - 1)
-        pos_batch = (targets[:, None] == targets[None, :])[off_diagonal].view(b, b - 1).float()
+        b, c = len(targets), self.queue.shape[0]
+        itself = torch.eye(b, dtype=torch.bool, device=q.device)  # an anchor is not its own candidate
+        sim_batch = (q @ q.T).masked_fill(itself, -torch.inf)
+        pos_batch = ((targets[:, None] == targets[None, :]) & ~itself).float()
         sim_queue = torch.einsum("bd,ckd->bck", q, self.queue.clone())  # a copy: enqueue writes in place
         own = F.one_hot(targets, c).bool()
-        # Hard positives: the least similar keys of the own class; hard negatives: the most similar others.
-        pos = sim_queue[own].view(b, k)
-        neg = sim_queue[~own].view(b, (c - 1) * k)
+        # Hard positives: the least similar keys of the own class; hard negatives: the most similar others
+        # (the own class masked out; hard_negatives ≤ (C − 1)·K, so no masked key is picked).
+        pos = sim_queue[torch.arange(b, device=q.device), targets]
+        neg = sim_queue.masked_fill(own[:, :, None], -torch.inf).flatten(1)
         pos = -torch.topk(-pos, self.hard_positives, dim=1).values
         neg = torch.topk(neg, self.hard_negatives, dim=1).values
         logits = torch.cat([sim_batch, pos, neg], dim=1) / self.temperature
@@ -113,7 +122,8 @@ class ResCom(Loss):
         count = onehot.sum(0)
         keep = rank >= count[targets] - self.queue_per_class  # only the newest K keys of a class survive
         slot = (self.queue_ptr[targets] + rank) % self.queue_per_class
-        self.queue[targets[keep], slot[keep]] = q[keep].to(self.queue.dtype)
+        row = torch.where(keep, targets, len(self.queue_ptr))  # a key not kept goes to the spare row
+        self.slots.index_put_((row, slot), q.to(self.slots.dtype))
         self.queue_ptr.copy_((self.queue_ptr + count) % self.queue_per_class)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
