@@ -1,4 +1,4 @@
-"""Long-Tail Lab explorer: ``streamlit run app/Home.py`` (or ``./lab.sh app``).
+"""Long-Tail Lab explorer: ``ltlib app`` from anywhere (``./lab.sh app`` in a checkout), or ``streamlit run app/Home.py``.
 
 The entry script sets up the page, the navigation over ``app/views/`` and the session's settings;
 the URL path names the page and its query parameters carry the settings (a shareable link). It refuses to

@@ -21,7 +21,7 @@ import streamlit as st
 
 from ltlib import plots
 from ltlib.config import FIELD_RULES, Config
-from ltlib.data import DATASETS, cache_dir, data_roots
+from ltlib.data import DATASETS, cache_dir, data_dir, data_roots
 from ltlib.families import METHOD_FAMILIES, unmet_data_needs
 from ltlib.models import MODELS, NORMS
 from ltlib.registry import Interval, Param, Registry
@@ -178,7 +178,7 @@ def address_refusal() -> str | None:
     if loopback or address == os.environ.get(ADDRESS_ENV):
         return None
     return (
-        f"Refusing to serve on {address}: anyone on the network could use this app. Start it with `./lab.sh app` "
+        f"Refusing to serve on {address}: anyone on the network could use this app. Start it with `ltlib app` "
         f"(this machine only), or set {ADDRESS_ENV}={address} to allow that address."
     )
 
@@ -262,12 +262,12 @@ def _parse(text: str) -> Any:
 
 # The app confines image-folder paths to these roots unless $LTLIB_DATA_ROOTS names others; setting
 # the variable makes ltlib.data check every file it reads (symlinks resolved), not only the top path.
-DEFAULT_DATA_ROOTS = (cache_dir(), Path("/usr/share/datasets"))
+DEFAULT_DATA_ROOTS = (data_dir(), cache_dir(), Path("/usr/share/datasets"))
 os.environ.setdefault("LTLIB_DATA_ROOTS", os.pathsep.join(map(str, DEFAULT_DATA_ROOTS)))
 
 
 def allowed_data_roots() -> list[Path]:
-    """Folders an image-folder path may point into: ``$LTLIB_DATA_ROOTS``, else the cache and /usr/share/datasets."""
+    """Folders an image-folder path may point into: ``$LTLIB_DATA_ROOTS``, else the data folder, the cache and /usr/share/datasets."""
     return data_roots() or [r.expanduser().resolve() for r in DEFAULT_DATA_ROOTS]
 
 

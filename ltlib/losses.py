@@ -28,7 +28,7 @@ from torch import nn
 from ltlib.registry import Check, Interval, Registry, check_range
 from ltlib.samplers import TALLY
 
-LOSSES = Registry("loss", fixed=("class_counts",))
+LOSSES = Registry("loss", fixed=("class_counts",), extensions=("ltlib.autobalance", "ltlib.contrastive"))
 
 # Ranges shared by many entries.
 NON_NEGATIVE = Interval(0, None)

@@ -18,6 +18,7 @@ method is one definition plus one ``@REGISTRY.register(...)`` line.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import numbers
@@ -223,11 +224,21 @@ NEEDS = ("images", "domains", "cosine head", "experts head", "bbn model")
 class Registry:
     """Name → method table for one family (``kind`` is used in error messages)."""
 
-    def __init__(self, kind: str, fixed: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, fixed: tuple[str, ...] = (), extensions: tuple[str, ...] = ()) -> None:
         self.kind = kind
         # Positional parameters the library passes itself (e.g. class_counts): never user parameters.
         self.fixed = fixed
+        # Modules that register more entries but import the family's module themselves (so it cannot import
+        # them): imported on the first lookup, so that ``import ltlib`` stays free of torch.
+        self._extensions = extensions
         self._entries: dict[str, Entry] = {}
+
+    def _loaded(self) -> dict[str, Entry]:
+        if self._extensions:
+            for module in self._extensions:
+                importlib.import_module(module)  # another thread's lookup meanwhile waits on the module's import lock
+            self._extensions = ()
+        return self._entries
 
     def register(
         self,
@@ -254,18 +265,19 @@ class Registry:
         return add
 
     def available(self) -> list[str]:
-        return list(self._entries)
+        return list(self._loaded())
 
     def entries(self) -> list[Entry]:
-        return list(self._entries.values())
+        return list(self._loaded().values())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._loaded()
 
     def get(self, name: str) -> Entry:
-        if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}")
-        return self._entries[name]
+        entries = self._loaded()
+        if name not in entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(entries)}")
+        return entries[name]
 
     def check_params(self, name: str, params: dict[str, Any]) -> None:
         """Reject a parameter the method does not take, or a value of the wrong type or out of range.

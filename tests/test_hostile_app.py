@@ -8,7 +8,6 @@ to the cache or the run store. A few links repeat in Chromium, and a real server
 address that ``./lab.sh app`` asks for, and the app's refusal of a public one.
 """
 
-import ipaddress
 import os
 import re
 import shlex
@@ -21,12 +20,13 @@ import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
+from ltlib.cli import APP_FLAGS
 from ltlib.data import DATASETS
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "app"))
 import common  # noqa: E402
-from testing import CHROMIUM, browser, open_page, server  # noqa: E402
+from testing import CHROMIUM, browser, listening, open_page, server  # noqa: E402
 
 os.environ["LTLIB_UMAP_WARM_UP"] = "0"  # no background UMAP compilation in tests
 pytestmark = pytest.mark.hostile
@@ -298,26 +298,11 @@ def test_app_hides_error_details_whatever_the_command_line(monkeypatch):
 
 
 def lab_sh_app_flags() -> list[str]:
-    """The flags ``./lab.sh app`` gives ``streamlit run app/Home.py`` (before the user's own)."""
+    """The flags ``./lab.sh app`` gives ``streamlit run app/Home.py`` (before the user's own): it runs ``ltlib app``."""
     line = next(x for x in (ROOT / "lab.sh").read_text().splitlines() if x.strip().startswith("app)"))
     words = shlex.split(line.split("exec", 1)[1].split(";;")[0])
-    return [w for w in words[words.index("app/Home.py") + 1 :] if w != "${@:2}"]
-
-
-def listening(port: int) -> set[str]:
-    """The local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp and tcp6)."""
-    out = set()
-    for name in ("tcp", "tcp6"):
-        path = Path("/proc/net") / name
-        for line in path.read_text().splitlines()[1:] if path.exists() else []:
-            local, state = line.split()[1], line.split()[3]
-            host, p = local.split(":")
-            if state == "0A" and int(p, 16) == port:
-                raw = bytes.fromhex(host)
-                if sys.byteorder == "little":  # the kernel prints each 32-bit word in host order
-                    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                out.add(str(ipaddress.ip_address(raw)))
-    return out
+    assert words[-3:] == ["$VENV/bin/ltlib", "app", "${@:2}"], line
+    return list(APP_FLAGS)
 
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
