@@ -96,6 +96,9 @@ class Config:
     compile: bool = False
     # GPU only: channels-last activations (bf16 convolutions prefer them).
     channels_last: bool = True
+    # Reproducible kernels for the run's duration (ltlib.determinism): cuDNN deterministic and not autotuned,
+    # torch.use_deterministic_algorithms (warn-only), one CPU thread. Slower, especially on a GPU.
+    deterministic: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:

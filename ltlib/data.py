@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 import torch
 
 from ltlib import imagedecode
@@ -35,6 +36,11 @@ from ltlib.registry import Interval, Registry
 DATASETS = Registry("dataset")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_ARCHIVE = "cifar10-jpeg.tar.gz"
+# In a source checkout (this package beside pyproject.toml) the project's own copies are found too: ../shared/data
+# beside the repository and .device-data/ in it (the GPU machine's). Located from this file, never the working directory.
+_REPO = Path(__file__).resolve().parents[1]
+CHECKOUT_DATA_DIRS = (_REPO.parent / "shared" / "data", _REPO / ".device-data") if (_REPO / "pyproject.toml").is_file() else ()
 # Limits on hostile input, module constants so that tests (and unusual data) can change them.
 MAX_ARCHIVE_BYTES = 2 * 2**30  # decompressed bytes read from one image archive
 MAX_IMAGE_FILE_BYTES = 256 * 2**20  # one image file, in a folder or an archive
@@ -94,8 +100,26 @@ class Dataset:
 
 
 def cache_dir() -> Path:
-    """Where decoded arrays are cached: ``$LTLIB_CACHE`` (when set and not empty) or ``~/.cache/ltlib``."""
-    return Path(os.environ.get("LTLIB_CACHE") or Path.home() / ".cache" / "ltlib")
+    """Where decoded arrays (and torchvision's downloads) are cached: ``$LTLIB_CACHE`` (when set and not empty),
+    else the user's cache folder, ``platformdirs.user_cache_dir("ltlib")`` (``~/.cache/ltlib`` on Linux)."""
+    return Path(os.environ.get("LTLIB_CACHE") or platformdirs.user_cache_dir("ltlib"))
+
+
+def data_dir() -> Path:
+    """Where datasets are looked up by name (``cifar10-jpeg.tar.gz``, ``fashion-mnist/``): ``$LTLIB_DATA`` (when set
+    and not empty), else ``data`` in the user's data folder, ``platformdirs.user_data_dir("ltlib")``."""
+    return Path(os.environ.get("LTLIB_DATA") or Path(platformdirs.user_data_dir("ltlib")) / "data")
+
+
+@contextmanager
+def _download_errors(name: str, remedy: str) -> Iterator[None]:
+    """Turn a failed download (offline, refused, cut short) into one ``ValueError`` line ending with ``remedy``."""
+    try:
+        yield
+    # URLError and timeouts are OSErrors; torchvision raises RuntimeError for a missing or corrupt download.
+    except (OSError, RuntimeError, EOFError, tarfile.TarError, zlib.error) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"no local copy of {name} was found and torchvision could not download it ({reason}); {remedy}") from None
 
 
 # ----------------------------------------------------------------------------- long tail
@@ -325,11 +349,14 @@ def _read_idx(path: Path) -> np.ndarray:
 
 @DATASETS.register("fashion-mnist", paper="Xiao, Rasul & Vollgraf, Fashion-MNIST, arXiv 2017", traits=("images",))
 def fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
-    """Fashion-MNIST 28×28: Debian's dataset-fashion-mnist package if present, else torchvision."""
-    folder = Path(root) if root else FASHION_MNIST_DIR
-    if root:
-        _existing(folder)
+    """Fashion-MNIST 28×28: ``$LTLIB_DATA/fashion-mnist`` or Debian's dataset-fashion-mnist package if present, else torchvision."""
     names = {k: f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    if root:
+        folder = Path(root)
+        _existing(folder)
+    else:
+        found = (f for f in (data_dir() / "fashion-mnist", FASHION_MNIST_DIR) if all((f / n).exists() for n in names.values()))
+        folder = next(found, FASHION_MNIST_DIR)
     if all((folder / f).exists() for f in names.values()):
         roots = data_roots() if root else None
         arr = {k: _read_idx(_confined(folder / f, roots)) for k, f in names.items()}
@@ -351,8 +378,10 @@ def fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
         from torchvision.datasets import FashionMNIST
 
         target = cache_dir() / "torchvision"
-        tr = FashionMNIST(str(target), train=True, download=download)
-        te = FashionMNIST(str(target), train=False, download=download)
+        remedy = f"pass one with --dataset-param root=/folder/of/its/*-ubyte.gz/files, or put them in {data_dir() / 'fashion-mnist'} ($LTLIB_DATA)"
+        with _download_errors("fashion-mnist", remedy):
+            tr = FashionMNIST(str(target), train=True, download=download)
+            te = FashionMNIST(str(target), train=False, download=download)
         xtr, ytr, xte, yte = tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
     return Dataset(
         "fashion-mnist",
@@ -998,13 +1027,13 @@ def _folder_dataset(name: str, path: Path, test_fraction: float, seed: int, root
     )
 
 
-CIFAR10_ARCHIVES = ("../shared/data/cifar10-jpeg.tar.gz", ".device-data/cifar10-jpeg.tar.gz")
-
-
 @DATASETS.register("cifar10", paper="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009", traits=("images",))
 def cifar10(path: str | None = None, download: bool = True) -> Dataset:
-    """CIFAR-10 32×32: an ImageFolder folder/archive (train/<class>/*.jpg, test/…) or torchvision's download."""
-    candidates = [Path(path)] if path else [Path(p) for p in CIFAR10_ARCHIVES]
+    """CIFAR-10 32×32: an ImageFolder folder/archive (train/<class>/*.jpg, test/…) or torchvision's download.
+
+    Without ``path``, ``cifar10-jpeg.tar.gz`` is looked up in :func:`data_dir`, then in a checkout's :data:`CHECKOUT_DATA_DIRS`.
+    """
+    candidates = [Path(path)] if path else [d / CIFAR10_ARCHIVE for d in (data_dir(), *CHECKOUT_DATA_DIRS)]
     for p in candidates:
         if p.exists() or path:
             ds = _folder_dataset("cifar10", p, test_fraction=0.2, seed=0, roots=data_roots() if path else None)
@@ -1013,8 +1042,13 @@ def cifar10(path: str | None = None, download: bool = True) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     target = cache_dir() / "torchvision"
-    tr = CIFAR10(str(target), train=True, download=download)
-    te = CIFAR10(str(target), train=False, download=download)
+    remedy = (
+        f"pass one with --dataset-param path=/path/to/{CIFAR10_ARCHIVE} (an ImageFolder folder or .tar.gz of train/ and test/ "
+        f"class folders), or put {CIFAR10_ARCHIVE} in {data_dir()} ($LTLIB_DATA)"
+    )
+    with _download_errors("cifar10", remedy):
+        tr = CIFAR10(str(target), train=True, download=download)
+        te = CIFAR10(str(target), train=False, download=download)
     return Dataset(
         "cifar10",
         torch.from_numpy(tr.data.transpose(0, 3, 1, 2).copy()),

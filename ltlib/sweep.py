@@ -272,6 +272,8 @@ def train_many(
 
     if concurrent is None:
         concurrent = any(resolve_device(c.device).type == "cuda" for c in configs)
+    if concurrent and len({c.deterministic for c in configs}) > 1:  # the flags are process-wide (ltlib.determinism)
+        raise ValueError("concurrent runs must agree on deterministic; sweep the deterministic and the other runs separately")
     # Concurrent runs start training together, once every run has set up (and captured its graph):
     # a capture must not overlap another run's training kernels.
     ready = threading.Barrier(len(configs) if concurrent else 1)

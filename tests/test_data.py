@@ -1,5 +1,7 @@
 import io
+import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +113,24 @@ def test_imagefolder_tar_archive(tmp_path):
         tar.add(tmp_path / "src", arcname="data")
     ds = load_dataset("imagefolder", path=str(tmp_path / "a.tar.gz"))
     assert len(ds.y_train) == 6 and len(ds.y_test) == 6
+
+
+def test_cifar10_is_found_by_name_in_the_data_folder_from_any_working_directory(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "src" / "train")
+    _write_folder(tmp_path / "src" / "test")
+    data_dir = Path(os.environ["LTLIB_DATA"])
+    data_dir.mkdir()
+    with tarfile.open(data_dir / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname="cifar10")
+    monkeypatch.chdir(tmp_path / "src")
+    ds = load_dataset("cifar10")
+    assert ds.info["source"] == str(data_dir / "cifar10-jpeg.tar.gz") and ds.class_names == ["cat", "dog"]
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="../shared/data is not beside this checkout")
+def test_cifar10_finds_the_checkouts_shared_archive_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("cifar10").info["source"] == str(SHARED_CIFAR)
 
 
 def test_imagefolder_bad_inputs(tmp_path):

@@ -628,6 +628,7 @@ def test_a_cache_path_that_is_a_file_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.hostile
 def test_an_empty_cache_variable_is_the_default(monkeypatch):
     monkeypatch.setenv("LTLIB_CACHE", "")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)  # platformdirs' Linux default then
     assert data.cache_dir() == Path.home() / ".cache" / "ltlib"
 
 

@@ -89,8 +89,8 @@ pd.DataFrame(
 
 # %% [markdown]
 # ## Training with cross-entropy at each ratio
-# One run per ratio, everything else equal. Each run is saved as a folder under `$LTLIB_HOME`
-# (default `./runs`), so the Streamlit app can browse it too.
+# One run per ratio, everything else equal. Each run is saved as a folder in the runs store, `$LTLIB_HOME`
+# (default `runs` in `platformdirs.user_data_dir("ltlib")`), which the Streamlit app and the CLI read too.
 
 # %%
 runs = {}
