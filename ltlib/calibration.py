@@ -119,3 +119,25 @@ def sweep_tau_norm(outputs: Outputs, taus: np.ndarray | list[float]) -> list[dic
         e = evaluate(adjust(outputs, tau_norm=float(tau)), outputs.labels, outputs.class_counts)
         rows.append({"tau": float(tau), **{k: e[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece")}})
     return rows
+
+
+class PosthocLogits(torch.nn.Module):
+    """The evaluation's post-hoc adjustments as a layer (what :func:`adjust` does at temperature 1):
+    τ-norm replaces the logits by f · w_c / ‖w_c‖^τ, then logit adjustment subtracts τ·log π_c.
+
+    ``forward(logits, features, weight)`` takes the head's live weight, so the layer follows the head it sits on.
+    """
+
+    def __init__(self, class_counts: np.ndarray, tau_norm: float | None = None, logit_tau: float = 0.0) -> None:
+        super().__init__()
+        self.tau_norm, self.logit_tau = tau_norm, logit_tau
+        # The prior in float64 as posthoc_adjust computes it, rounded once.
+        shift = posthoc_adjust(np.zeros((1, len(class_counts))), class_counts, logit_tau)
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        if self.tau_norm is not None:
+            if weight is None:
+                raise ValueError("tau_norm needs a linear head's weights; this model's head has none")
+            logits = features @ (weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12) ** self.tau_norm).T
+        return logits + self.shift if self.logit_tau else logits

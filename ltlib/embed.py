@@ -11,7 +11,7 @@ import uuid
 
 import numpy as np
 
-from ltlib.runs import Run
+from ltlib.runs import Run, load_model
 
 METHODS = ("pca", "umap", "tsne")
 
@@ -64,25 +64,22 @@ def run_embedding(run: Run, method: str = "pca") -> tuple[np.ndarray, np.ndarray
 def decision_grid(run: Run, size: int = 150, margin: float = 0.5) -> dict[str, np.ndarray]:
     """Predicted class over a ``size``×``size`` grid covering a 2-D feature dataset (toy2d), from the saved model.
 
-    The model, its input normalisation and the long-tailed data are rebuilt from the run's config
-    (all deterministic in the seed); the run's post-hoc adjustments apply as in its evaluation.
+    The model (``ltlib.runs.load_model``: its schedule's layers, input normalisation and post-hoc
+    adjustments as in its evaluation) and the long-tailed test data are rebuilt from the run (deterministic in the seed).
     """
     import torch
 
-    from ltlib.inputs import Inputs
-    from ltlib.parts import build_model_and_loss
-    from ltlib.train import evaluation_logits, prepare_data
+    from ltlib.train import prepare_data
 
     cfg = run.checked_config()  # a crafted config.json fails here, in one line, before any data is made
     data = prepare_data(cfg)
     if data.input_shape != (2,):
         raise ValueError(f"decision regions need 2-D feature data like toy2d; {cfg.dataset} has input shape {data.input_shape}")
-    counts = data.class_counts()
-    model, _, _ = build_model_and_loss(cfg, data, torch.device("cpu"))  # with the run's head, norm and their parameters
-    model.load_state_dict(run.state_dict())
+    model = load_model(run)
     x_test = data.x_test.numpy()
     lo, hi = x_test.min(axis=0) - margin, x_test.max(axis=0) + margin
     xs, ys = np.linspace(lo[0], hi[0], size), np.linspace(lo[1], hi[1], size)
     grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32))
-    logits, _ = evaluation_logits(model, Inputs(data, torch.device("cpu")), grid, cfg, counts)
-    return {"xs": xs, "ys": ys, "pred": logits.argmax(1).reshape(size, size), "x_test": x_test, "y_test": data.y_test.numpy()}
+    with torch.no_grad():
+        pred = model(grid).argmax(1).reshape(size, size).numpy()
+    return {"xs": xs, "ys": ys, "pred": pred, "x_test": x_test, "y_test": data.y_test.numpy()}

@@ -1,8 +1,10 @@
-"""The run store: every run is a folder of plain files under ``$LTLIB_HOME`` (default ``./runs``).
+"""The run store: every run is a folder of plain files under ``$LTLIB_HOME`` (default: ``runs`` in the user's
+data folder, ``platformdirs.user_data_dir("ltlib")``, the same wherever the CLI, the app or a notebook starts).
 
-A run folder holds ``config.json``, ``meta.json`` (status, timings, device), ``metrics.jsonl``
+A run folder holds ``config.json``, ``meta.json`` (status, timings, device, provenance), ``metrics.jsonl``
 (one line per evaluation), ``eval.json`` (final metrics), ``arrays.safetensors`` (test logits,
-labels, features, classifier weights) and ``model.safetensors``.
+labels, features, classifier weights, the input normalisation) and ``model.safetensors``;
+:func:`load_model` rebuilds the trained model from them, for inference on raw inputs.
 
 Saving is crash-safe: the files are written into a hidden temporary folder named after the writing
 process (``.tmp-<pid>.<host>.<hex>.<run id>``), each one fsynced, ``meta.json`` last; then the folder is
@@ -36,9 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import platformdirs
 
 if TYPE_CHECKING:
+    import torch
+
     from ltlib.config import Config
+    from ltlib.parts import SavedModel
 
 ARRAYS = "arrays.safetensors"
 MODEL = "model.safetensors"
@@ -76,7 +82,11 @@ class CorruptRun(ValueError):
 
 
 def runs_home(root: str | os.PathLike | None = None) -> Path:
-    return Path(root) if root is not None else Path(os.environ.get("LTLIB_HOME", "runs"))
+    """The runs folder: ``root`` when given, else ``$LTLIB_HOME`` (when set and not empty), else ``runs`` in the
+    user's data folder. Never the working directory, so the CLI, the app and the notebooks share one store."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("LTLIB_HOME") or Path(platformdirs.user_data_dir("ltlib")) / "runs")
 
 
 def check_store(root: str | os.PathLike | None = None) -> Path:
@@ -489,6 +499,59 @@ def load_run(run_id: str | os.PathLike, root: str | os.PathLike | None = None) -
     """Load a run by id (or by folder path): ``FileNotFoundError`` when there is none, ``ValueError`` for a
     folder that is not a run, :class:`CorruptRun` (a ``ValueError``) naming the file when one is missing or malformed."""
     return _read_run(_run_folder(run_id, root))
+
+
+def load_model(
+    run: Run | str | os.PathLike, root: str | os.PathLike | None = None, posthoc: bool = True, device: str | torch.device = "cpu"
+) -> SavedModel:
+    """The trained model of a finished run (a :class:`Run`, or an id or folder as for :func:`load_run`), in eval mode.
+
+    It takes raw inputs as the dataset stores them (uint8 images (N, C, H, W) with values 0 … 255, or
+    float feature vectors (N, D)), applies the run's input normalisation and returns float32 logits,
+    by default with the run's post-hoc adjustments (τ-norm, logit adjustment) so that the logits
+    are the run's ``test_logits``; ``posthoc=False`` gives the classifier's own logits.
+    See :class:`ltlib.parts.SavedModel`. ``CorruptRun`` when the run's files do not rebuild it.
+    """
+    from ltlib.parts import build_saved_model
+
+    run = run if isinstance(run, Run) else load_run(run, root)
+    if run.status != "finished":
+        raise ValueError(f"run {run.id} is {run.status}; only a finished run has a saved model")
+    cfg = run.checked_config()
+    shape, dtype, mean, std = _saved_inputs(run, cfg)
+    model = build_saved_model(cfg, shape, dtype, run.arrays["class_counts"], mean, std, posthoc)
+    try:
+        model.classifier.load_state_dict(run.state_dict())
+    except RuntimeError as e:  # missing, unexpected or misshapen weights
+        raise CorruptRun(run.path / MODEL, f"does not fit the model that config.json builds ({' '.join(str(e).split())[:300]})") from None
+    return model.to(device)
+
+
+def _saved_inputs(run: Run, cfg: Config) -> tuple[tuple[int, ...], str, torch.Tensor, torch.Tensor]:
+    """A run's input shape, dtype and normalisation (per channel or feature); for runs saved before these
+    were stored, rebuilt from the run's data as training made it (deterministic in the seed)."""
+    import torch
+
+    shape, dtype = run.meta.get("input_shape"), run.meta.get("input_dtype")
+    if "input_mean" not in run.arrays or "input_std" not in run.arrays:
+        from ltlib.data import load_dataset, make_long_tailed
+        from ltlib.inputs import Inputs
+
+        data = make_long_tailed(load_dataset(cfg.dataset, **cfg.dataset_params), cfg.imbalance, cfg.profile, cfg.seed, cfg.val_fraction)
+        inputs = Inputs(data, torch.device("cpu"))
+        return data.input_shape, str(data.x_train.dtype).removeprefix("torch."), inputs.mean.flatten(), inputs.std.flatten()
+    if not (
+        isinstance(shape, list) and len(shape) in (1, 3) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise CorruptRun(run.path / "meta.json", f"input_shape is {json.dumps(shape)[:60]}, expected a list of 1 or 3 positive sizes")
+    if not isinstance(dtype, str):
+        raise CorruptRun(run.path / "meta.json", f"input_dtype is {json.dumps(dtype)[:60]}, expected a dtype name such as uint8")
+    mean, std = (torch.from_numpy(run.arrays[k]) for k in ("input_mean", "input_std"))
+    if mean.shape != (shape[0],) or std.shape != (shape[0],):
+        raise CorruptRun(
+            run.path / ARRAYS, f"input_mean and input_std have shapes {list(mean.shape)} and {list(std.shape)}, expected [{shape[0]}]"
+        )
+    return tuple(shape), dtype, mean, std
 
 
 @dataclass

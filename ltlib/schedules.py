@@ -63,6 +63,10 @@ class Schedule:
     def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         pass
 
+    def restructure(self, model: nn.Module) -> None:
+        """Give a newly built model the layers this schedule adds during training (LWS and MARC wrap the
+        head), so a finished run's saved weights load back into the model its config builds."""
+
 
 @SCHEDULES.register("none", paper="no schedule")
 class NoSchedule(Schedule):
@@ -243,8 +247,11 @@ class LearnableWeightScaling(TwoStage):
 
     stage2_fraction = 0.05
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def restructure(self, model: nn.Module) -> None:
         model.head = ScaledHead(model.head, model.num_classes)
+
+    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        self.restructure(model)
         return [model.head.scales]
 
 
@@ -264,8 +271,11 @@ class MarginCalibration(TwoStage):
     follows the paper's formula.)
     """
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def restructure(self, model: nn.Module) -> None:
         model.head = MarginCalibratedHead(model.head, model.num_classes)
+
+    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        self.restructure(model)
         return [model.head.omega, model.head.beta]
 
 

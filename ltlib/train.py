@@ -31,12 +31,14 @@ from ltlib import losses, mixing, optim, samplers
 from ltlib.calibration import Outputs, adjust
 from ltlib.config import Config
 from ltlib.data import Dataset, load_dataset, make_long_tailed
+from ltlib.determinism import BackendFlags
 from ltlib.families import check_data_needs, eager_reason
 from ltlib.fast import BackgroundEvaluation, Member, graph_epoch
 from ltlib.inputs import Inputs, predict
 from ltlib.metrics import evaluate
 from ltlib.models import Classifier
 from ltlib.parts import Parts, build_model_and_loss, build_parts
+from ltlib.provenance import provenance
 from ltlib.runs import check_store, new_run_id, save_run
 from ltlib.state import TrainState
 
@@ -45,7 +47,11 @@ __all__ = ["Cancelled", "Config", "EagerEpoch", "Event", "Result", "TrainingDive
 
 @dataclass
 class Event:
-    """What the loop reports: ``kind`` is start, step, epoch, eval or end."""
+    """What the loop reports: ``kind`` is start, step, epoch, eval or end.
+
+    ``data``: at start the run's info (what meta.json records) and its ``config``; at epoch and eval
+    the epoch's record (a line of metrics.jsonl); at end the ``run_id`` and the final metrics (eval.json).
+    """
 
     kind: str
     epoch: int
@@ -261,8 +267,23 @@ def train(
     """Train one run of ``cfg`` and save it as a run folder (unless ``save=False``).
 
     ``graph_epoch_factory``: how the run gets its graph runner when its engine is the graph (a
-    sweep's model-stack seat); by default a graph epoch of its own.
+    sweep's model-stack seat); by default a graph epoch of its own. The process-wide backend flags the
+    run sets (``ltlib.determinism``) are restored when it ends, by an error too.
     """
+    with BackendFlags() as flags:
+        return _train(cfg, callbacks, cancel, dataset, save, root, graph_epoch_factory, flags)
+
+
+def _train(
+    cfg: Config,
+    callbacks: Iterable[Callable[[Event], None]],
+    cancel: threading.Event | None,
+    dataset: Dataset | None,
+    save: bool,
+    root: str | Path | None,
+    graph_epoch_factory: GraphEpochFactory | None,
+    flags: BackendFlags,
+) -> Result:
     cfg.validate()
     if save:
         check_store(root)  # a store path that cannot hold runs fails now, not after the training
@@ -276,6 +297,7 @@ def train(
     # --- set up: device, data, parts
     started = time.time()
     device = resolve_device(cfg.device)
+    flags.apply(cfg.deterministic, device)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     data = prepare_data(cfg, dataset)
@@ -286,11 +308,9 @@ def train(
     if cfg.tau_norm is not None and not isinstance(model.head, torch.nn.Linear):
         raise ValueError(f"tau_norm={cfg.tau_norm} needs a linear classifier head; loss {cfg.loss!r} uses the {loss_fn.head} head")
     engine, engine_note = choose_engine(cfg, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # pick the fastest convolution kernels for these fixed shapes
-        if data.is_image and cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            inputs.channels_last = True
+    if device.type == "cuda" and data.is_image and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs.channels_last = True
     # With the CUDA-graph engine, test passes run on their own stream beside the next epoch's training.
     background = BackgroundEvaluation(model, inputs, data.x_test) if engine == "graph" and device.type == "cuda" else None
     if device.type == "cuda" and cfg.compile:
@@ -326,7 +346,9 @@ def train(
             return EagerEpoch(state, parts, (x_train, y_train, d_train), ctx, use_bf16, on_step)
         mixer = None if cfg.mixing == "none" else parts.mixer
         sharpness = parts.optimizer.rho if isinstance(parts.optimizer, optim.SAM) and parts.optimizer.active else 0.0
-        member = Member(loss_fn, model.head, inputs, x_train, y_train, generator, d_train, mixer, ctx, sharpness, parts.optimizer)
+        member = Member(
+            loss_fn, model.head, inputs, x_train, y_train, generator, d_train, mixer, ctx, sharpness, parts.optimizer, parts.reduce
+        )
         return (graph_epoch_factory or graph_epoch)(model, member, cfg, use_bf16)
 
     setup_started = time.time()
@@ -344,6 +366,8 @@ def train(
     history: list[dict[str, Any]] = []
     domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
+    # What ltlib.runs.load_model needs to rebuild the model and take raw inputs (with input_mean/input_std in the arrays).
+    info["input_shape"], info["input_dtype"] = list(data.input_shape), str(data.x_train.dtype).removeprefix("torch.")
     if val_note:
         info["val_note"] = val_note
     if data.domain_names:
@@ -352,7 +376,7 @@ def train(
     # Graph capture (and compilation, if asked for) happens once, before the first epoch.
     info["setup_seconds"] = time.time() - setup_started
     info["warm_up_seconds"] = runner.warm_up_seconds
-    emit(Event("start", 0, cfg.epochs, 0, steps, info))
+    emit(Event("start", 0, cfg.epochs, 0, steps, {**info, "config": cfg.to_dict()}))
 
     def publish(record: dict[str, Any], outputs: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
         """Add an epoch's test metrics (if it was evaluated) to its record, keep it and tell the callbacks."""
@@ -428,6 +452,9 @@ def train(
         "features": feats_np[pick].astype(np.float32),
         "feature_index": pick.astype(np.int64),
         "class_counts": counts.astype(np.int64),
+        # The input normalisation, per channel (images) or feature, so a saved model takes raw inputs.
+        "input_mean": inputs.mean.flatten().cpu().numpy(),
+        "input_std": inputs.std.flatten().cpu().numpy(),
     }
     head_arrays = getattr(model.head, "test_arrays", None)  # e.g. each expert's test logits (BalPoE)
     if head_arrays is not None:
@@ -462,8 +489,7 @@ def _save(cfg, data, counts, history, info, started, root, status, error=None, f
         "n_train": int(len(data.y_train)),
         "n_test": int(len(data.y_test)),
         "n_val": 0 if data.y_val is None else int(len(data.y_val)),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),  # CPU results are byte-identical only at the same thread count
+        **provenance(cfg, info["device"]),
     }
     state_dict = model.state_dict() if model is not None else None
     return save_run(new_run_id(cfg.dataset, cfg.loss), cfg.to_dict(), meta, history, final, arrays, state_dict, root)
