@@ -1,5 +1,5 @@
 """Command line: ``ltlib train``, ``ltlib runs``, ``ltlib show RUN``, ``ltlib compare RUN RUN …``,
-``ltlib methods``. Every config field is a flag; ``--preset`` loads a named preset first.
+``ltlib methods``, ``ltlib app`` (the explorer). Every config field is a flag; ``--preset`` loads a named preset first.
 Bad input prints one ``error:`` line and exits with status 2.
 """
 
@@ -13,10 +13,14 @@ import sys
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ltlib import presets
-from ltlib.config import Config
+from ltlib import __version__
+
+if TYPE_CHECKING:
+    from ltlib.config import Config
+
+# The library (and torch) is imported inside main(), so that a Ctrl-C while it loads ends in one line too.
 
 PARAM_FIELDS = ("dataset", "model", "loss", "sampler", "mixing", "schedule")
 
@@ -46,6 +50,7 @@ class _Names(list):
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ``Config`` field, its help from the field's comment, with the default and the choices."""
+    from ltlib.config import Config
     from ltlib.families import FAMILIES
 
     hints = typing.get_type_hints(Config)
@@ -114,6 +119,9 @@ def _config_file(path: str) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults ← ``--preset`` or ``--from-run`` ← ``--config FILE`` ← the flags given."""
+    from ltlib import presets
+    from ltlib.config import Config
+
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
     for name in [k for k in given if k.endswith("_params")]:
         given[name] = dict(given[name])
@@ -132,6 +140,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _add_start_flags(p: argparse.ArgumentParser) -> None:
+    from ltlib import presets
+
     p.add_argument("--preset", help=f"start from a named preset ({', '.join(presets.available())})")
     p.add_argument("--from-run", metavar="RUN", help="start from a saved run's config (re-run it; flags override)")
     p.add_argument("--config", metavar="FILE", help="config fields from a TOML or YAML file (over the preset; flags override)")
@@ -220,6 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ltlib.config import Config
     from ltlib.sweep import grid, train_many
 
     axes: dict[str, list[Any]] = {}
@@ -315,7 +326,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ltlib.export import DEFAULT_DEST, export
+    from ltlib.runs import load_run
+
+    runs = [load_run(r, args.out) for r in args.runs]  # every run is read (and checked) before anything is written
+    dest = args.dest or DEFAULT_DEST[args.to]
+    written = export(runs, args.to, dest)
+    skipped = [r.id for r in runs if r.id not in written]
+    print(f"exported {len(written)} run(s) to {args.to} at {dest}")
+    if skipped:
+        print(f"note: skipped {len(skipped)} run(s) already there: {', '.join(skipped)}", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
+    from ltlib import presets
     from ltlib.families import FAMILIES
 
     for fam in FAMILIES:
@@ -342,8 +368,36 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every launch of the app (`ltlib app`, and `./lab.sh app` through it): this machine only, tracebacks in the
+# console rather than the browser, and no usage statistics sent: the settings `.streamlit/config.toml` gives
+# a server started in the repo, for one started anywhere. The user's own arguments come after, so they win.
+APP_FLAGS = ("--server.address", "127.0.0.1", "--client.showErrorDetails", "none", "--browser.gatherUsageStats", "false")
+
+
+def app_script() -> Path:
+    """The app's entry script: ``ltlib/app/Home.py`` in an installed wheel, ``app/Home.py`` beside ``ltlib/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for script in (here / "app" / "Home.py", here.parent / "app" / "Home.py"):
+        if script.is_file():
+            return script
+    raise FileNotFoundError(f"the app's files are missing: no app/Home.py in {here} or {here.parent}")
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise ValueError("the app needs Streamlit: pip install 'ltlib[app]'")
+    command = [sys.executable, "-m", "streamlit", "run", str(app_script()), *APP_FLAGS, *args.streamlit_args]
+    os.execv(sys.executable, command)  # the server takes this process's place: signals and exit status are its own
+
+
 def parser() -> argparse.ArgumentParser:
+    from ltlib.export import DEFAULT_DEST, TARGETS
+
     p = Parser(prog="ltlib", description="Long-Tail Lab: long-tailed image classification")
+    p.add_argument("--version", action="version", version=f"ltlib {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run and save it")
     _add_start_flags(t)
@@ -369,11 +423,23 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+")
     c.add_argument("--out")
     c.set_defaults(func=cmd_compare)
+    x = sub.add_parser("export", help="write runs' metrics and configs to TensorBoard, MLflow or CSV")
+    x.add_argument("runs", nargs="+", metavar="RUN")
+    x.add_argument("--to", required=True, choices=TARGETS)
+    x.add_argument(
+        "--dest", help="where: " + ", ".join(f"{t}: default ./{d}" for t, d in DEFAULT_DEST.items()) + " (mlflow: or a tracking URI)"
+    )
+    x.add_argument("--out", help="runs folder (default $LTLIB_HOME)")
+    x.set_defaults(func=cmd_export)
     k = sub.add_parser("completion", help='print a shell completion script (bash, zsh or tcsh): eval "$(ltlib completion bash)"')
     k.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     k.set_defaults(func=cmd_completion)
     m = sub.add_parser("methods", help="list every registered dataset, model and method")
     m.set_defaults(func=cmd_methods)
+    # "+" as the only option prefix: every argument, --server.port 8502 or --help too, goes on to `streamlit run`.
+    a = sub.add_parser("app", help="start the explorer app on this machine (further arguments go to `streamlit run`)", prefix_chars="+")
+    a.add_argument("streamlit_args", nargs=argparse.REMAINDER)
+    a.set_defaults(func=cmd_app)
     return p
 
 
@@ -382,10 +448,40 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ltlib.train import Cancelled, TrainingDiverged
-
     previous = signal.signal(signal.SIGTERM, _interrupt)
     SAVED.clear()
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # also while the library loads
+        return _interrupted()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted() -> int:
+    kept = f"finished runs kept: {', '.join(SAVED)}" if SAVED else "nothing was saved"
+    print(f"error: interrupted; {kept}", file=sys.stderr)
+    return 130
+
+
+def _import_library() -> None:
+    """Import torch and the library with Ctrl-C held back: torch's import calls Python from C++, where a
+    KeyboardInterrupt aborts the process ("terminate called …"); a held signal arrives right after."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    block = getattr(signal, "pthread_sigmask", None)  # POSIX only
+    if block is not None:
+        block(signal.SIG_BLOCK, held)
+    try:
+        import ltlib.train  # noqa: F401
+    finally:
+        if block is not None:
+            block(signal.SIG_UNBLOCK, held)
+
+
+def _run(argv: list[str] | None) -> int:
+    _import_library()
+    from ltlib.train import Cancelled, TrainingDiverged
+
     try:
         args = parser().parse_args(argv)
         return args.func(args)
@@ -395,17 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, Cancelled):
-        kept = f"finished runs kept: {', '.join(SAVED)}" if SAVED else "nothing was saved"
-        print(f"error: interrupted; {kept}", file=sys.stderr)
-        return 130
+    except Cancelled:
+        return _interrupted()
     except RuntimeError as e:
         if "out of memory" in str(e).lower():
             print("error: out of memory; try a smaller --batch-size or --device cpu", file=sys.stderr)
             return 1
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def assert_store_whole(home: Path) -> list:
 
 
 KILLS = [(sig, round(random.Random(f"{sig}-{i}").uniform(0.5, 5.0), 2)) for sig in ("SIGINT", "SIGTERM", "SIGKILL") for i in range(2)]
+KILLS += [("SIGINT", 0.3), ("SIGTERM", 0.8)]  # while the library (torch) is still being imported
 
 
 @pytest.mark.slow

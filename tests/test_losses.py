@@ -93,14 +93,12 @@ def test_every_loss_trains_two_epochs(name):
 
 
 @pytest.mark.parametrize("name", losses.available())
-def test_graph_engine_refuses_losses_with_hooks_or_features(name):
+def test_the_engine_follows_the_losses_declared_eager_reason(name):
+    # Features, domains, layers of its own or a hook that updates buffers in place do not keep a loss
+    # off the graph (the graph step hands them over as the eager loop does); a declared reason does.
     entry = losses.LOSSES.get(name)
     reason = eager_reason(preset("digits-quick", loss=name))
     assert (reason is not None) == (entry.eager is not None)
-    # Per-step features, domains or layers of their own still keep a loss off the graph; a hook that
-    # updates its buffers in place does not (coupling regulation's phased weights, like DRW's).
-    if entry.traits & {"features", "domains", "own parameters"}:
-        assert entry.eager is not None
 
 
 @pytest.mark.parametrize("name", losses.available())
@@ -384,7 +382,7 @@ def test_ot_reweight_without_features_says_what_it_needs():
 
 def test_ot_reweight_weights_minimise_the_entropic_ot_distance():
     """The closed-form w is Sinkhorn's plan for (w, q) (checked with POT) and no nearby w does better."""
-    ot = pytest.importorskip("ot")
+    ot = pytest.importorskip("ot", reason="the reference Sinkhorn solver comes from POT: pip install pot (in the dev extra)")
     gen = torch.Generator().manual_seed(3)
     features, targets = torch.randn(6, 4, generator=gen), torch.tensor([0, 0, 0, 0, 1, 2])
     meta_f, meta_y = torch.randn(6, 4, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
