@@ -479,6 +479,9 @@ def _import_library() -> None:
 
 
 def _run(argv: list[str] | None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without importing torch
+        print(f"ltlib {__version__}")
+        return 0
     _import_library()
     from ltlib.train import Cancelled, TrainingDiverged
 
