@@ -147,3 +147,36 @@ def test_installed_app_pages_import_and_render(tool):
     assert done.returncode == 0, done.stdout + done.stderr
     script_path, _, title = done.stdout.strip().partition(" ")
     assert Path(script_path).is_relative_to(bin_dir.parent) and title == "Train"
+
+
+def test_a_notebooks_runs_are_in_the_apps_store(tool):
+    """Notebook kernels run in notebooks/, the app elsewhere: with no LTLIB_HOME both use the platform's store."""
+    _, bin_dir, empty, env = tool
+    env = {k: v for k, v in env.items() if k != "LTLIB_HOME"}
+    kernel_dir = empty.parent / "notebooks"
+    kernel_dir.mkdir(exist_ok=True)
+    trained = _run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "from ltlib.presets import preset\nfrom ltlib.train import train\nprint(train(preset('digits-quick', epochs=1)).run_id)",
+        ],
+        cwd=kernel_dir,
+        env=env,
+    )
+    assert trained.returncode == 0, trained.stderr
+    run_id = trained.stdout.strip().splitlines()[-1]
+    script = (
+        "from streamlit import config\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "from ltlib.cli import app_script\n"
+        "config.set_option('server.address', '127.0.0.1')\n"
+        "at = AppTest.from_file(str(app_script()), default_timeout=60).run()\n"
+        "at.switch_page('views/per_class.py').run()\n"
+        "assert not at.exception, [e.value for e in at.exception]\n"
+        "print(at.selectbox(key='w_run').value)\n"
+    )
+    shown = _run([str(bin_dir / "python"), "-c", script], cwd=empty, env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert shown.stdout.strip().splitlines()[-1] == run_id
+    assert not any(kernel_dir.iterdir()) and not any(empty.iterdir())  # nothing written where the kernel or the app ran
