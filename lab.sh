@@ -49,6 +49,7 @@ case "${1:-}" in
     setup
     $VENV/bin/ruff check .
     $VENV/bin/ruff format --check .
+    $VENV/bin/mypy
     exec $VENV/bin/python -m pytest "${@:2}"
     ;;
   *) echo "usage: ./lab.sh app | test | setup" >&2; exit 2 ;;

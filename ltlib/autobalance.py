@@ -11,7 +11,9 @@ with H⁻¹v approximated by a Neumann series α Σ_{i=0..K} (I − αH)^i v (He
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -35,14 +37,19 @@ def neumann_inverse_hvp(
     return [lr * s for s in total]
 
 
+def _sum(values: list[torch.Tensor]) -> torch.Tensor:
+    """v_1 + v_2 + … in order (what ``sum`` adds up, without its start value 0, so typed as a tensor)."""
+    return functools.reduce(operator.add, values)
+
+
 def top_hessian_eigenvalue(grads: list[torch.Tensor], params: list[torch.Tensor], start: list[torch.Tensor], iters: int = 5) -> float:
     """|λ_max| of H = ∂grads/∂params by power iteration on Hessian–vector products, from direction ``start``."""
     v = [t.detach() for t in start]
     value = 0.0
     for _ in range(iters):
-        norm = torch.sqrt(sum((t * t).sum() for t in v)).clamp_min(1e-12)
+        norm = torch.sqrt(_sum([(t * t).sum() for t in v])).clamp_min(1e-12)
         hv = torch.autograd.grad(grads, params, grad_outputs=[t / norm for t in v], retain_graph=True)
-        value = float(torch.sqrt(sum((h * h).sum() for h in hv)))
+        value = float(torch.sqrt(_sum([(h * h).sum() for h in hv])))
         v = list(hv)
     return value
 
@@ -101,6 +108,13 @@ class AutoBalance(Loss):
     """
 
     default_val_fraction = 0.2
+    # Buffers: the per-class parameters Δ (dy), ι (ly), ω (wy) and their momentum.
+    dy: torch.Tensor
+    ly: torch.Tensor
+    wy: torch.Tensor
+    dy_momentum: torch.Tensor
+    ly_momentum: torch.Tensor
+    wy_momentum: torch.Tensor
 
     def __init__(
         self,
@@ -173,8 +187,9 @@ class AutoBalance(Loss):
             values = self.adjusted_loss(logits_of(inputs(data.x_train[idx], gen)), y, hyper["dy"], hyper["ly"], hyper["wy"])
             cw = self.class_weight[y]  # the lower objective as trained, DRW weights included
             loss = (cw * values).sum() / cw.sum()
-            g = torch.autograd.grad(loss, params, create_graph=True)
-            train_grads = list(g) if train_grads is None else [a + b for a, b in zip(train_grads, g)]
+            batch_grads = torch.autograd.grad(loss, params, create_graph=True)
+            train_grads = list(batch_grads) if train_grads is None else [a + b for a, b in zip(train_grads, batch_grads)]
+        assert train_grads is not None, "train_batches >= 1"
         train_grads = [g / self.train_batches for g in train_grads]
 
         # Class-balanced validation loss of the plain logits (official: CE weighted by 1/n_c^val).

@@ -128,6 +128,8 @@ class PosthocLogits(torch.nn.Module):
     ``forward(logits, features, weight)`` takes the head's live weight, so the layer follows the head it sits on.
     """
 
+    shift: torch.Tensor
+
     def __init__(self, class_counts: np.ndarray, tau_norm: float | None = None, logit_tau: float = 0.0) -> None:
         super().__init__()
         self.tau_norm, self.logit_tau = tau_norm, logit_tau

@@ -19,6 +19,7 @@ from ltlib import __version__
 
 if TYPE_CHECKING:
     from ltlib.config import Config
+    from ltlib.train import Event
 
 # The library (and torch) is imported inside main(), so that a Ctrl-C while it loads ends in one line too.
 
@@ -101,15 +102,19 @@ def _config_file(path: str) -> dict[str, Any]:
         raise ValueError(f"--config {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
     try:
         if file.suffix == ".toml":
-            import tomllib
+            if sys.version_info < (3, 11):  # tomllib is new in 3.11: the ImportError its import raises, for the type checker
+                raise ModuleNotFoundError("No module named 'tomllib'", name="tomllib")
+            else:
+                import tomllib
 
-            data = tomllib.loads(text)
+                data = tomllib.loads(text)
         else:
             import yaml
 
             data = yaml.safe_load(text)  # plain data only: safe_load never builds Python objects
     except ImportError as e:
-        raise ValueError(f"--config {path}: reading it needs the {e.name} package (pip install pyyaml)") from None
+        hint = "Python 3.11 or later" if file.suffix == ".toml" else "pip install pyyaml"
+        raise ValueError(f"--config {path}: reading it needs the {e.name} module ({hint})") from None
     except Exception as e:  # each parser has its own error types; all mean "not a valid file"
         raise ValueError(f"--config {path} is not valid {file.suffix[1:].upper()}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
@@ -189,7 +194,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 SAVED: list[str] = []
 
 
-def _note_saved(event) -> None:
+def _note_saved(event: Event) -> None:
     if event.kind == "end" and event.data.get("run_id"):
         SAVED.append(event.data["run_id"])
 
@@ -206,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _set_logging(args)
     bars: list[tqdm] = []
 
-    def progress(event) -> None:
+    def progress(event: Event) -> None:
         _note_saved(event)
         if event.kind == "start":  # only once the config and data have been accepted
             bars.append(tqdm(total=cfg.epochs, unit="epoch", disable=args.quiet, leave=False))
@@ -246,7 +251,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _set_logging(args)
     started: list[int] = []
 
-    def progress(i: int, e) -> None:
+    def progress(i: int, e: Event) -> None:
         _note_saved(e)
         if e.kind == "start" and not started:  # every config and its data have been accepted
             started.append(i)
@@ -285,8 +290,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(
         _table(rows, ["run", "status", "dataset", "imbalance", "loss", "sampler", "mixing", "balanced_acc", "few"]) if rows else "no runs"
     )
-    for e in scan.corrupt:  # listed, not fatal: one broken folder must not hide the others
-        print(f"warning: corrupt run {e.folder.name}: {e}", file=sys.stderr)
+    for bad in scan.corrupt:  # listed, not fatal: one broken folder must not hide the others
+        print(f"warning: corrupt run {bad.folder.name}: {bad}", file=sys.stderr)
     if scan.abandoned:
         print(
             f"note: {len(scan.abandoned)} abandoned temporar{'y' if len(scan.abandoned) == 1 else 'ies'} of interrupted saves "

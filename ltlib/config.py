@@ -144,7 +144,7 @@ class Config:
         """
         hints = typing.get_type_hints(Config)
         for f in fields(self):
-            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+            default = f.default if f.default_factory is MISSING else f.default_factory()
             param = Param(f.name, default, hints[f.name], FIELD_RULES.get(f.name, ()))
             why = param.problem(getattr(self, f.name))
             if why is not None:

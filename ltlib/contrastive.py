@@ -7,6 +7,8 @@ and with hard keys mined from a class-balanced queue (the same number of keys fo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,9 @@ from torch import nn
 
 from ltlib.losses import LOSSES, NON_NEGATIVE, POSITIVE, UNIT, Loss
 from ltlib.registry import Interval
+
+if TYPE_CHECKING:
+    from ltlib.models import Classifier
 
 
 def supcon_per_sample(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -57,6 +62,10 @@ class ResCom(Loss):
     Mixup-style mixing (two label sets) or SAM (two passes per step) a step enqueues twice.
     """
 
+    contrast_weight: torch.Tensor
+    slots: torch.Tensor
+    queue_ptr: torch.Tensor
+
     def __init__(
         self,
         class_counts: np.ndarray | list[int],
@@ -91,7 +100,7 @@ class ResCom(Loss):
         """The keys of every class: (classes, ``queue_per_class``, ``dim``), a view of the slots."""
         return self.slots[:-1]
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: Classifier) -> None:
         """Build the projection head for the backbone's feature width (called by the loop before the optimiser)."""
         d = model.feature_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.BatchNorm1d(d), nn.ReLU(), nn.Linear(d, self.dim))
@@ -126,7 +135,8 @@ class ResCom(Loss):
         self.slots.index_put_((row, slot), q.to(self.slots.dtype))
         self.queue_ptr.copy_((self.queue_ptr + count) % self.queue_per_class)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, *, features: torch.Tensor | None = None) -> torch.Tensor:
+        assert features is not None, "forward passes features= (the loss's 'features' trait)"
         if self.projection is None:
             raise ValueError("rescom needs its projection head: call attach(model) first (ltlib.train does)")
         cls = F.cross_entropy(logits + self.log_prior if self.balanced else logits, targets, reduction="none")

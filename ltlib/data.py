@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
@@ -165,7 +166,8 @@ def make_long_tailed(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} is out of range; allowed: [0, 1)")
     y = ds.y_train.numpy()
-    dom = None if ds.domains_train is None else ds.domains_train.numpy()
+    domains_train = ds.domains_train
+    dom = None if domains_train is None else domains_train.numpy()
     # Cells to subsample: (where, order, label) with ``order`` the classes from head to tail.
     cells = [(np.ones(len(y), bool), list(range(ds.num_classes)), "")]
     if dom is not None:
@@ -200,12 +202,12 @@ def make_long_tailed(
         ds,
         x_train=ds.x_train[tr],
         y_train=ds.y_train[tr],
-        domains_train=None if dom is None else ds.domains_train[tr],
+        domains_train=None if domains_train is None else domains_train[tr],
         info={**ds.info, "imbalance": imbalance, "profile": profile, "subset_seed": seed},
     )
     if len(va):
         out.x_val, out.y_val = ds.x_train[va], ds.y_train[va]
-        out.domains_val = None if dom is None else ds.domains_train[va]
+        out.domains_val = None if domains_train is None else domains_train[va]
     return out
 
 
@@ -231,7 +233,7 @@ def class_groups(class_counts: np.ndarray | list[int]) -> tuple[dict[str, list[i
 # ----------------------------------------------------------------------------- loaders
 
 
-def load_dataset(name: str, **params) -> Dataset:
+def load_dataset(name: str, **params: Any) -> Dataset:
     """Build a registered dataset by name (``toy2d``, ``digits``, ``fashion-mnist``, ``cifar10``, …)."""
     return DATASETS.build(name, **params)
 
@@ -546,7 +548,8 @@ def _folder_files(root: Path, roots: list[Path] | None) -> tuple[list[tuple[str,
     """
     files: list[tuple[str, Path, os.stat_result]] = []
     folders: set[str] = set()
-    todo = [(root, "", (str(root.resolve()),))]  # an explicit stack: a deep tree cannot hit the recursion limit
+    # An explicit stack: a deep tree cannot hit the recursion limit.
+    todo: list[tuple[Path, str, tuple[str, ...]]] = [(root, "", (str(root.resolve()),))]
     while todo:
         folder, rel, chain = todo.pop()
         try:
@@ -715,7 +718,10 @@ def _plain_tar_members(path: Path, dirs: set[str] | None = None) -> list[tuple[s
     long ``path``; anything else unusual (GNU long names, links, base-256 sizes, names that are not
     UTF-8) returns None and the caller uses ``tarfile``.
     """
-    out, long_name, found, offset = [], None, set(), 0
+    out: list[tuple[str, bytes]] = []
+    found: set[str] = set()
+    long_name: str | None = None
+    offset = 0
     with _Budget(path) as stream:
         while True:
             header = stream.read(512)
@@ -762,7 +768,8 @@ def _plain_tar_members(path: Path, dirs: set[str] | None = None) -> list[tuple[s
 def _tarfile_members(path: Path, dirs: set[str]) -> list[tuple[str, bytes]]:
     """Image files of any tar archive, streamed by ``tarfile``; refuses links, devices and names outside the archive."""
     out = []
-    with _Budget(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    # typeshed's tarfile wants a file object with write, seek and tell, which stream mode ("r|") never calls.
+    with _Budget(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
         for m in tar:
             _check_member(path, m.name)
             if m.issym() or m.islnk():
@@ -907,7 +914,7 @@ def _save_cache(cached: Path, arrays: dict[str, np.ndarray]) -> None:
         raise _cache_error(cached.parent, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # mypy matches **arrays with savez's allow_pickle: bool too
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
@@ -1006,8 +1013,8 @@ def _folder_dataset(name: str, path: Path, test_fraction: float, seed: int, root
     if "x_train" in arrays and "x_test" in arrays:
         xtr, ytr, xte, yte = arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
     else:
-        x = arrays.get("x_all", arrays.get("x_train"))
-        y = arrays.get("y_all", arrays.get("y_train"))
+        split = "all" if "x_all" in arrays else "train"  # _valid_cache: one of the two
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         per_class = np.bincount(y, minlength=len(classes))
         if per_class.min() < 2:
             raise ValueError(f"every class needs at least 2 images to split off a test set; {path} has a class with {per_class.min()}")

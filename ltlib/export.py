@@ -128,7 +128,7 @@ class _TensorBoardRun:
 
             # The HParams tab lists the final metrics beside the parameters (their values are the scalars above).
             for summary in hparams(config_params(config), dict.fromkeys(self.final_names, 0.0)):
-                self.writer.file_writer.add_summary(summary)
+                self.writer._get_file_writer().add_summary(summary)  # as SummaryWriter.add_hparams writes them
         self.writer.close()
 
 

@@ -36,6 +36,8 @@ _CAPTURE_LOCK = threading.Lock()
 SIDE_STREAM_WEIGHT_GRADS = True
 # Training steps captured in one CUDA graph (replayed over the epoch); benchmarks/gpu.py varies it.
 STEPS_PER_GRAPH = 4
+# A list of tensors as torch's foreach ops take and return it.
+TensorList = list[torch.Tensor] | tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -121,7 +123,7 @@ class GraphEpoch:
         self.lr = torch.tensor(cfg.lr, device=dev)
         self.loss_sums = torch.zeros(len(members), device=dev)  # per member, summed over the epoch's steps
         self.momentum, self.weight_decay, self.nesterov = cfg.momentum, cfg.weight_decay, cfg.nesterov
-        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        self.params: list[torch.Tensor] = [p for p in self.network.parameters() if p.requires_grad]
         self.buffers = self._momentum_buffers(members[0].optimizer if len(members) == 1 else None)
         self.graphs: list[tuple[torch.cuda.CUDAGraph, int]] = []  # (graph, replays per epoch)
         self.warm_up_seconds = 0.0  # cuDNN autotuning and, with torch.compile, compilation
@@ -160,6 +162,7 @@ class GraphEpoch:
         domains = None if m.domains is None else m.domains[idx]
         if m.mixer is None:
             return Batch(x, y, domains=domains)
+        assert m.context is not None, "a member with a mixer carries its context"
         m.context.domains = domains
         x, y_a, y_b, lam = m.mixer(x, y, m.context)
         return Batch(x, y_a, y_b, lam, m.mixer.batch_weight, domains)
@@ -177,7 +180,7 @@ class GraphEpoch:
             for m, b, z, f in zip(self.members, batches, logits, parts)
         ]
 
-    def _gradients(self, batches: list[Batch]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _gradients(self, batches: list[Batch]) -> tuple[torch.Tensor, TensorList]:
         losses = torch.stack(self._losses(batches))
         grads = list(torch.autograd.grad(losses.sum(), self.params))
         if self.grad_stream is not None:
@@ -223,17 +226,18 @@ class GraphEpoch:
         counters = [m.num_batches_tracked for m in norms]
         with _CAPTURE_LOCK:
             try:
-                for m, lp in zip(self.convs, self.weights_lp or [None] * len(self.convs)):
+                low_precision: list[torch.Tensor | None] = [*self.weights_lp] if self.weights_lp else [None] * len(self.convs)
+                for m, lp in zip(self.convs, low_precision):
                     m.grad_stream, m.weight_lp = self.grad_stream, lp
-                for m in norms:
-                    m.num_batches_tracked = None
+                for norm in norms:
+                    norm.num_batches_tracked = None
                 self._refresh_low_precision()
                 self._warm_up_and_capture()
             finally:  # the graphs hold the kernels; the model itself goes back to plain layers
                 for m in self.convs:
                     m.grad_stream, m.weight_lp = None, None
-                for m, counter in zip(norms, counters):
-                    m.num_batches_tracked = counter
+                for norm, counter in zip(norms, counters):
+                    norm.num_batches_tracked = counter
         with torch.no_grad():
             self.network.load_state_dict(state)
             torch._foreach_copy_(self.buffers, momentum)
@@ -303,7 +307,7 @@ class BackgroundEvaluation:
     training step alone leaves partly idle. Made before ``torch.compile``: the shadow runs eagerly.
     """
 
-    def __init__(self, model: torch.nn.Module, inputs: Inputs, x_test: torch.Tensor) -> None:
+    def __init__(self, model: Classifier, inputs: Inputs, x_test: torch.Tensor) -> None:
         self.shadow = copy.deepcopy(model)
         self.sources = list(model.state_dict(keep_vars=True).values())
         self.targets = list(self.shadow.state_dict(keep_vars=True).values())

@@ -5,10 +5,14 @@ the device, and batched prediction. Shared by the training loop, the graph engin
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from ltlib.data import Dataset, random_crop_flip
+
+if TYPE_CHECKING:
+    from ltlib.models import Classifier
 
 
 class Inputs:
@@ -33,7 +37,7 @@ class Inputs:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: Classifier, inputs: Inputs, x: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and penultimate features of ``x`` in large batches, model in eval mode (float32)."""
     # Large batches keep a GPU busy; on a CPU, batches past ~256 images spill the caches (2× slower).
     batch_size = batch_size or (1024 if inputs.device.type == "cuda" else 256)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from torch import nn
 
 from ltlib.registry import Check, Interval, Registry, check_range
 from ltlib.samplers import TALLY
+
+if TYPE_CHECKING:
+    from ltlib.models import Classifier
 
 LOSSES = Registry("loss", fixed=("class_counts",), extensions=("ltlib.autobalance", "ltlib.contrastive"))
 
@@ -78,6 +81,7 @@ def batch_objective(
     if y_b is None:
         values = loss_fn(logits, y, reduction="none", **extra)
     else:
+        assert lam is not None, "a mixed batch (y_b) comes with its mixing weights lam"
         values = lam * loss_fn(logits, y, reduction="none", **extra) + (1 - lam) * loss_fn(logits, y_b, reduction="none", **extra)
     if weight is not None:
         values = weight * values
@@ -112,6 +116,12 @@ class Loss(nn.Module):
     """
 
     traits: frozenset[str] = frozenset()  # replaced on each registered class by its entry's traits
+    # Buffers (``register_buffer`` in ``__init__``), declared for the type checker.
+    class_counts: torch.Tensor
+    class_weight: torch.Tensor
+    # A loss with the "validation split" trait sets the share of the training set it holds out when
+    # ``Config.val_fraction`` is 0 (AutoBalance: 0.2).
+    default_val_fraction: ClassVar[float]
 
     def __init__(self, class_counts: np.ndarray | list[int]) -> None:
         super().__init__()
@@ -121,7 +131,7 @@ class Loss(nn.Module):
         self.register_buffer("class_counts", counts)
         self.register_buffer("class_weight", torch.ones_like(counts))
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: Classifier) -> None:
         """Build the loss's own layers, sized by ``model`` (losses with the "own parameters" trait); a no-op here.
 
         Called by the loop before the optimiser is made, so those layers train with the model.
@@ -163,7 +173,9 @@ class Loss(nn.Module):
             return self.class_weight[targets]
         return (targets * self.class_weight).sum(1) / targets.sum(1).clamp_min(1.0)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss values (B,). A loss with the "features" / "domains" trait adds the keyword-only
+        ``features: torch.Tensor | None = None`` / ``domains: …`` parameters, which ``forward`` always fills."""
         raise NotImplementedError
 
     def forward(
@@ -267,6 +279,8 @@ class LDAM(Loss):
     re-weighting (``--schedule drw``); alone it is close to CE on small data.
     """
 
+    margins: torch.Tensor
+
     def __init__(self, class_counts: np.ndarray | list[int], max_m: float = 0.5, s: float = 30.0) -> None:
         super().__init__(class_counts)
         self.register_buffer("margins", ldam_margins(self.class_counts, max_m))
@@ -301,6 +315,8 @@ class BalPoE(Loss):
     whole backbone and differ in their classifiers. Each expert's test logits are saved in the run as
     ``test_expert_logits`` (see :func:`ltlib.metrics.expert_per_class_accuracy`).
     """
+
+    expert_bias: torch.Tensor
 
     def __init__(self, class_counts: np.ndarray | list[int], lambdas: tuple[float, ...] = (1.0, 0.0, -1.0), s: float = 30.0) -> None:
         super().__init__(class_counts)
@@ -342,6 +358,8 @@ class ClassBalanced(Loss):
     initialises the last layer's bias to −log((1 − π)/π), a small prior π, for the sigmoid and focal variants;
     here the head keeps its usual initialisation (it is shared by every loss).
     """
+
+    cb_weight: torch.Tensor
 
     def __init__(
         self,
@@ -402,6 +420,8 @@ class CDT(Loss):
     The 1/a_c factor also shrinks the rare classes' gradients, so CDT pays off only once training
     fits the data (on digits-LT it trails CE after 30 epochs and beats it after 100).
     """
+
+    temperature: torch.Tensor
 
     def __init__(self, class_counts: np.ndarray | list[int], gamma: float = 0.1) -> None:
         super().__init__(class_counts)
@@ -498,9 +518,9 @@ class GeneralizedMaxMargin(LDAM):
         self.lambda_sm, self.lambda_zc = lambda_sm, lambda_zc
         self._prototypes: tuple[torch.Tensor, ...] = ()  # a tuple, so the head's weight is not re-registered here
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: Classifier) -> None:
         # The class prototypes are the cosine head's weight (the same tensor all run, also in a CUDA graph).
-        self._prototypes = (model.head.weight,)
+        self._prototypes = (head_weight(model),)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = super().per_sample(logits, targets) - self.lambda_sm * sample_margin(logits, targets) / self.s
@@ -508,6 +528,14 @@ class GeneralizedMaxMargin(LDAM):
             centroid = F.normalize(self._prototypes[0].float(), dim=1).mean(0)
             loss = loss + self.lambda_zc * centroid.square().sum()
         return loss
+
+
+def head_weight(model: Classifier) -> torch.Tensor:
+    """The weight (C, D) of ``model.head``, the classifier head (a cosine head's class prototypes)."""
+    weight = model.head.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"the model's head has no weight tensor: {type(weight).__name__}")
+    return weight
 
 
 def simplex_prototypes(num_classes: int, dim: int, seed: int = 0, steps: int = 300) -> torch.Tensor:
@@ -552,8 +580,8 @@ class PrototypeAnchored(LDAM):
     library, LDAM's margin softmax (s = 30, largest margin 0.5): ℓ = −log softmax(s·(cos(f, p) − Δ_y·e_y))_y.
     """
 
-    def attach(self, model: nn.Module) -> None:
-        weight = model.head.weight
+    def attach(self, model: Classifier) -> None:
+        weight = head_weight(model)
         if weight.requires_grad:
             with torch.no_grad():
                 weight.copy_(simplex_prototypes(*weight.shape).to(weight.device))
@@ -651,6 +679,9 @@ class DistributionBalanced(Loss):
     sampling the loss favours the head classes (use ``--sampler class_balanced``).
     """
 
+    freq_inv: torch.Tensor
+    logit_shift: torch.Tensor
+
     def __init__(
         self,
         class_counts: np.ndarray | list[int],
@@ -737,7 +768,7 @@ class OTReweight(Loss):
 
     def batch_weights(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The OT weights w (B,) of a batch, summing to 1; uniform when no meta set is set yet."""
-        if self.meta_features is None:
+        if self.meta_features is None or self.meta_labels is None:  # set together by set_meta
             return torch.full((len(targets),), 1.0 / len(targets), device=features.device)
         f = F.normalize(features.detach().float(), dim=1)
         g = F.normalize(self.meta_features.to(f.device), dim=1)
@@ -749,7 +780,8 @@ class OTReweight(Loss):
         plan = q[None, :] * torch.softmax(-cost / self.eps, dim=0)
         return plan.sum(1)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, *, features: torch.Tensor | None = None) -> torch.Tensor:
+        assert features is not None, "forward passes features= (the loss's 'features' trait)"
         w = self.batch_weights(features, targets)
         return len(targets) * w * F.cross_entropy(logits, targets, reduction="none")
 
@@ -792,6 +824,7 @@ class TallyPrototype(Loss):
     @property
     def prototypes(self) -> torch.Tensor:
         """P_c = mean over the domains seen with class c of M_(d,c); zeros for a class not seen yet."""
+        assert self.cells is not None and self.seen is not None, "no batch seen yet: per_sample updates the cells first"
         seen = self.seen.to(self.cells.dtype)[..., None]
         return (self.cells * seen).sum(0) / seen.sum(0).clamp_min(1.0)
 
@@ -800,13 +833,17 @@ class TallyPrototype(Loss):
         if self.cells is None or num_domains > len(self.cells):  # a new domain: grow the table
             grown = torch.zeros(num_domains, num_classes, n.shape[1], device=n.device)
             seen = torch.zeros(num_domains, num_classes, dtype=torch.bool, device=n.device)
-            if self.cells is not None:
+            if self.cells is not None and self.seen is not None:  # grown together
                 grown[: len(self.cells)], seen[: len(self.seen)] = self.cells, self.seen
             self.cells, self.seen = grown, seen
+        assert self.seen is not None, "sized together with the cells"
         flat, flat_seen = self.cells.view(-1, n.shape[1]), self.seen.view(-1)
         flat_seen |= momentum_update(flat, flat_seen, n, domains * num_classes + targets, self.momentum)
 
-    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+    def per_sample(
+        self, logits: torch.Tensor, targets: torch.Tensor, *, features: torch.Tensor | None = None, domains: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        assert features is not None and domains is not None, "forward passes features= and domains= (the loss's traits)"
         if len(domains) != len(targets):
             raise ValueError(
                 "tally_proto needs one domain per sample; a mixing method that adds samples (open_sampling) cannot be combined"

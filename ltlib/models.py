@@ -190,6 +190,11 @@ class CompoundBatchNorm(nn.Module):
     checked here (no official code was found), so treat it as a tunable choice.
     """
 
+    running_means: torch.Tensor
+    running_vars: torch.Tensor
+    running_priors: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.components, self.momentum, self.eps = components, momentum, eps
@@ -323,6 +328,7 @@ class DualPathCompoundBatchNorm(CompoundBatchNorm):
     batch_context = ("labels", "class_group")
     labels: torch.Tensor | None = None
     class_group: torch.Tensor | None = None
+    owner: torch.Tensor  # buffer: the frequency group that owns each mixture component
 
     def __init__(
         self, channels: int, components: int = 3, momentum: float = 0.1, eps: float = 1e-5, splits: int = 2, consistency: float = 1.0
@@ -423,6 +429,8 @@ def set_noise_mask(model: nn.Module | None, mask: torch.Tensor | None) -> None:
 class Classifier(nn.Module):
     """A backbone producing features plus a head producing logits."""
 
+    backbone: nn.Module
+    head: nn.Module
     feature_dim: int
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: str | nn.Module = "linear") -> None:
@@ -571,7 +579,7 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def _resnet(depth: int):
+def _resnet(depth: int) -> Callable[..., Classifier]:
     def build(input_shape: tuple[int, ...], num_classes: int, head: str = "linear", norm: Norm = "batchnorm") -> Classifier:
         model = Classifier(CifarResNet(depth, input_shape[0], norm), 64, num_classes, head)
         if isinstance(model.head, nn.Linear):
@@ -654,6 +662,7 @@ class BBNClassifier(Classifier):
     """A :class:`Classifier` whose bilateral backbone follows BBN's cumulative-learning α over epochs."""
 
     bilateral = True
+    backbone: BilateralBackbone
 
     def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         super().on_epoch_start(epoch, state)
@@ -698,10 +707,10 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     head: str = "linear",
-    head_params: dict | None = None,
+    head_params: dict[str, Any] | None = None,
     norm: str = "batchnorm",
-    norm_params: dict | None = None,
-    **params,
+    norm_params: dict[str, Any] | None = None,
+    **params: Any,
 ) -> Classifier:
     """Build a registered model; ``head_params`` go to the head (e.g. the cosine head's scale),
     ``norm_params`` to every norm layer (e.g. compound batch norm's number of components)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -83,6 +83,7 @@ class SAM(torch.optim.SGD):
             state.rebuild = True  # the step gains (or loses) its second pass
         self.active = active
 
+    # torch types step's closure (and result) as float; SAM's closure returns the loss tensor, and so does step.
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         """One SAM step; ``closure`` zeroes the gradients, computes the loss and back-propagates."""
@@ -100,6 +101,15 @@ class SAM(torch.optim.SGD):
             torch._foreach_sub_(params, eps)  # back to w; the SGD step below uses ∇L(w + ε)
         super().step()
         return loss
+
+
+class BatchReducer(Protocol):
+    """An optimiser with the "reduces batch" trait: it turns the per-sample losses into the batch objective itself."""
+
+    @property
+    def objective(self) -> torch.nn.Module | None:
+        """The batch objective from per-sample losses, or None for their mean."""
+        ...
 
 
 @OPTIMIZERS.register(
@@ -181,6 +191,8 @@ class BatchAttention(torch.nn.Module):
     A module with a buffer, so that the CUDA-graph step updates u in place on the device and its
     warm-up (which trains a few steps and then restores the network's state) restores u too.
     """
+
+    log_u: torch.Tensor
 
     def __init__(self, lam: float, gamma: float, alpha: float) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ rebuilt exactly as it was trained.
 from __future__ import annotations
 
 import threading
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +56,11 @@ class Parts:
         return [part for part, registry, name in chosen if "epoch hook" in registry.get(name).traits] + [self.model]
 
     @property
-    def reduce(self):  # noqa: ANN201 - a callable or None
+    def reduce(self) -> torch.nn.Module | None:
         """The optimiser's own batch objective from per-sample losses (ABSGD), or None for the mean."""
-        return self.optimizer.objective if "reduces batch" in optim.OPTIMIZERS.get(self.cfg.optimizer).traits else None
+        if "reduces batch" not in optim.OPTIMIZERS.get(self.cfg.optimizer).traits:
+            return None
+        return typing.cast(optim.BatchReducer, self.optimizer).objective  # what the trait promises
 
 
 def build_model_and_loss(cfg: Config, data: Dataset, device: torch.device) -> tuple[Classifier, str, losses.Loss]:
@@ -105,6 +108,9 @@ class SavedModel(torch.nn.Module):
     logit adjustment) are applied, so the output is what the run's ``test_logits`` hold.
     Made in eval mode: batch norm uses its running statistics, so each row's logits depend on that row alone.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,

@@ -36,6 +36,13 @@ def _layout(fig: go.Figure, title: str, **kw: Any) -> go.Figure:
     return fig
 
 
+def _eval(run: Run) -> dict[str, Any]:
+    """The final metrics (eval.json) of a run that has them (a finished run)."""
+    if run.eval is None:
+        raise ValueError(f"run {run.id} has no final metrics (eval.json; status {run.status})")
+    return run.eval
+
+
 def _names(run: Run) -> list[str]:
     n = len(run.eval["class_counts"]) if run.eval else len(run.meta.get("class_counts", []))
     return run.meta.get("class_names") or [str(i) for i in range(n)]
@@ -76,7 +83,7 @@ def class_counts(
 
 def per_class_accuracy(run: Run, title: str | None = None) -> go.Figure:
     """Per-class test accuracy, classes ordered by training count, with the count overlaid."""
-    e = run.eval
+    e = _eval(run)
     counts, acc, names = np.asarray(e["class_counts"]), np.asarray(e["per_class_accuracy"]), _names(run)
     order = _order(counts)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -146,7 +153,7 @@ def learned_per_class(run: Run, key: str = "autobalance") -> go.Figure:
 def confusion(run: Run, normalize: bool = True) -> go.Figure:
     """Confusion matrix (rows: true class, ordered head → tail), row-normalised."""
     logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
     cm = metrics.confusion_matrix(logits.argmax(1), labels, len(names), normalize)
     order = _order(counts)
     cm = cm[np.ix_(order, order)]
@@ -230,7 +237,7 @@ def confidence_histogram(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15
 def margins(run: Run) -> go.Figure:
     """Distribution of logit margins (true-class logit − best other) per class, head → tail."""
     logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
     m = metrics.margins(logits, labels)
     fig = go.Figure()
     for c in _order(counts):
@@ -241,8 +248,8 @@ def margins(run: Run) -> go.Figure:
 
 def margin_vs_count(run: Run) -> go.Figure:
     """Mean test margin of each class against its training count (log axis)."""
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
-    fig = go.Figure(go.Scatter(x=counts, y=run.eval["per_class_margin"], mode="markers+text", text=names, textposition="top center"))
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
+    fig = go.Figure(go.Scatter(x=counts, y=_eval(run)["per_class_margin"], mode="markers+text", text=names, textposition="top center"))
     return _layout(fig, "Mean margin vs training count", xaxis=dict(title="train images", type="log"), yaxis=dict(title="mean margin"))
 
 
@@ -251,7 +258,7 @@ def weight_norms(run: Run) -> go.Figure:
     w = run.arrays.get("head_weight")
     if w is None:
         raise ValueError(f"run {run.id} saved no classifier weights")
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
     order = _order(counts)
     fig = go.Figure(go.Bar(x=[names[c] for c in order], y=np.linalg.norm(w, axis=1)[order], marker_color="#72b7b2"))
     return _layout(fig, "Classifier weight norms (head → tail)", yaxis=dict(title="‖w_c‖"))
@@ -301,11 +308,11 @@ def decision_regions(grid: dict[str, np.ndarray], names: list[str], title: str =
 
 def compare_per_class(runs: list[Run], labels: list[str] | None = None) -> go.Figure:
     """Per-class accuracy of several runs side by side, classes ordered by the first run's counts."""
-    counts, names = np.asarray(runs[0].eval["class_counts"]), _names(runs[0])
+    counts, names = np.asarray(_eval(runs[0])["class_counts"]), _names(runs[0])
     order = _order(counts)
     fig = go.Figure()
     for i, r in enumerate(runs):
-        acc = np.asarray(r.eval["per_class_accuracy"])
+        acc = np.asarray(_eval(r)["per_class_accuracy"])
         fig.add_trace(go.Bar(x=[names[c] for c in order], y=acc[order], name=labels[i] if labels else r.id))
     _group_bands(fig, counts, order)
     return _layout(fig, "Per-class accuracy", barmode="group", yaxis=dict(title="accuracy", range=[0, 1.05]))
@@ -319,12 +326,12 @@ def expert_accuracy(run: Run) -> go.Figure:
     from ltlib.losses import LOSSES
 
     lambdas = (run.config.get("loss_params") or {}).get("lambdas", LOSSES.get("balpoe").defaults["lambdas"])
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
     order, x = _order(counts), [names[c] for c in _order(counts)]
     fig = go.Figure()
     for k, acc in enumerate(metrics.expert_per_class_accuracy(experts, run.arrays["test_labels"])):
         fig.add_trace(go.Bar(x=x, y=acc[order], name=f"expert {k + 1} (λ = {float(np.atleast_1d(lambdas)[k]):g})"))
-    product = np.asarray(run.eval["per_class_accuracy"])
+    product = np.asarray(_eval(run)["per_class_accuracy"])
     fig.add_trace(go.Scatter(x=x, y=product[order], name="product of experts", mode="lines+markers", line=dict(color="black")))
     _group_bands(fig, counts, order)
     return _layout(
@@ -334,9 +341,9 @@ def expert_accuracy(run: Run) -> go.Figure:
 
 def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.Figure:
     """Per-class accuracy of run B minus run A, head → tail."""
-    counts, names = np.asarray(run_a.eval["class_counts"]), _names(run_a)
+    counts, names = np.asarray(_eval(run_a)["class_counts"]), _names(run_a)
     order = _order(counts)
-    d = np.asarray(run_b.eval["per_class_accuracy"]) - np.asarray(run_a.eval["per_class_accuracy"])
+    d = np.asarray(_eval(run_b)["per_class_accuracy"]) - np.asarray(_eval(run_a)["per_class_accuracy"])
     fig = go.Figure(go.Bar(x=[names[c] for c in order], y=d[order], marker_color=np.where(d[order] >= 0, "#54a24b", "#e45756")))
     _group_bands(fig, counts, order)
     return _layout(fig, f"Per-class accuracy: {label_b} − {label_a}", yaxis=dict(title="Δ accuracy"))
@@ -345,7 +352,7 @@ def delta(run_a: Run, run_b: Run, label_a: str = "A", label_b: str = "B") -> go.
 def predictions_per_class(run: Run) -> go.Figure:
     """Share of test predictions that go to each class against its true share, head → tail."""
     logits, labels = run.arrays["test_logits"], run.arrays["test_labels"]
-    counts, names = np.asarray(run.eval["class_counts"]), _names(run)
+    counts, names = np.asarray(_eval(run)["class_counts"]), _names(run)
     order = _order(counts)
     n = len(names)
     predicted = np.bincount(logits.argmax(1), minlength=n) / len(labels)
@@ -435,7 +442,7 @@ def per_domain_accuracy(evals: dict[str, dict[str, Any]]) -> go.Figure:
 
 def accuracy_vs_count(run: Run) -> go.Figure:
     """Per-class accuracy against training count (log axis) with a least-squares trend in log count."""
-    counts, acc, names = np.asarray(run.eval["class_counts"]), np.asarray(run.eval["per_class_accuracy"]), _names(run)
+    counts, acc, names = np.asarray(_eval(run)["class_counts"]), np.asarray(_eval(run)["per_class_accuracy"]), _names(run)
     fig = go.Figure(go.Scatter(x=counts, y=acc, mode="markers+text", text=names, textposition="top center", name="class"))
     ok = (counts > 0) & np.isfinite(acc)
     if ok.sum() >= 2 and np.ptp(np.log(counts[ok])) > 0:
@@ -504,7 +511,7 @@ def run_figures(run: Run) -> dict[str, go.Figure]:
         "margin_vs_count": margin_vs_count(run),
         "reliability": reliability(probs, labels),
         "confidence_histogram": confidence_histogram(probs, labels),
-        "confidence_gap": confidence_gap(probs, labels, run.eval["class_counts"], _names(run)),
+        "confidence_gap": confidence_gap(probs, labels, _eval(run)["class_counts"], _names(run)),
     }
     if "head_weight" in run.arrays:
         figs["weight_norms"] = weight_norms(run)

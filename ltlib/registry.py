@@ -27,7 +27,10 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
+
+# A registered function or class: ``register`` hands it back unchanged, with its type.
+MethodT = TypeVar("MethodT", bound=Callable[..., Any])
 
 # Every trait an entry may declare, with what it means (shown by ``ltlib methods``).
 TRAITS: dict[str, str] = {
@@ -65,7 +68,8 @@ class Interval:
 
     def ok(self, value: Any) -> bool:
         values = value if isinstance(value, (list, tuple)) else [value]
-        return all(self._ok(v) for v in values if isinstance(v, numbers.Real))
+        # Any numbers.Real (int, numpy scalars) compares with the float bounds as a float does; typeshed's Real does not say so.
+        return all(self._ok(typing.cast(float, v)) for v in values if isinstance(v, numbers.Real))
 
     def _ok(self, v: float) -> bool:
         if self.low is not None and not (v >= self.low if self.closed in ("both", "left") else v > self.low):
@@ -248,18 +252,18 @@ class Registry:
         traits: tuple[str, ...] = (),
         constraints: dict[str, Constraint | tuple[Constraint, ...]] | None = None,
         eager: str | None = None,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Callable[[MethodT], MethodT]:
         unknown = [t for t in traits if t not in TRAITS]
         if unknown:
             raise ValueError(f"{self.kind} {name!r}: unknown trait(s) {unknown}; traits: {', '.join(TRAITS)}")
         rules = {k: v if isinstance(v, tuple) else (v,) for k, v in (constraints or {}).items()}
 
-        def add(obj: Callable[..., Any]) -> Callable[..., Any]:
+        def add(obj: MethodT) -> MethodT:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = Entry(name, obj, paper, frozenset(traits), rules, eager, self.fixed)
             if inspect.isclass(obj):
-                obj.traits = frozenset(traits)  # the object reads its own traits (e.g. a loss: features, head)
+                typing.cast(Any, obj).traits = frozenset(traits)  # the object reads its own traits (e.g. a loss: features, head)
             return obj
 
         return add

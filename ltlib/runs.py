@@ -33,6 +33,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -440,10 +441,15 @@ class Run:
 def _load_tensors(path: Path, framework: str) -> dict[str, Any]:
     from safetensors import SafetensorError
 
+    load_file: Callable[[str], dict[str, Any]]
     if framework == "numpy":
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file as load_numpy
+
+        load_file = load_numpy
     else:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file as load_torch  # imports torch: only when asked for
+
+        load_file = load_torch
     _regular_file(path)
     try:
         return load_file(str(path))

@@ -20,13 +20,13 @@ returns those per-image weights and :func:`draw_indices` uses them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltlib.registry import Interval, Registry
+from ltlib.registry import Interval, MethodT, Registry
 
 if TYPE_CHECKING:
     from ltlib.state import TrainState
@@ -262,11 +262,11 @@ def _within_of(name: str) -> WithinClass | None:
     return getattr(SAMPLERS.get(name).obj, "within_class", None)
 
 
-def within_class(weights: WithinClass) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def within_class(weights: WithinClass) -> Callable[[MethodT], MethodT]:
     """Decorator: the sampler spreads class c's probability over its images ∝ ``weights(labels, domains)``."""
 
-    def attach(sampler: Callable[..., Any]) -> Callable[..., Any]:
-        sampler.within_class = weights
+    def attach(sampler: MethodT) -> MethodT:
+        cast(Any, sampler).within_class = weights  # an attribute on the function, read back by _within_of
         return sampler
 
     return attach

@@ -18,6 +18,7 @@ from ltlib.losses import effective_number_weights
 from ltlib.registry import Interval, Registry
 
 if TYPE_CHECKING:
+    from ltlib.models import Classifier
     from ltlib.state import TrainState
 
 SCHEDULES = Registry("schedule", fixed=("epochs",))
@@ -63,7 +64,7 @@ class Schedule:
     def on_epoch_start(self, epoch: int, state: TrainState) -> None:
         pass
 
-    def restructure(self, model: nn.Module) -> None:
+    def restructure(self, model: Classifier) -> None:
         """Give a newly built model the layers this schedule adds during training (LWS and MARC wrap the
         head), so a finished run's saved weights load back into the model its config builds."""
 
@@ -119,7 +120,7 @@ class TwoStage(Schedule):
             raise ValueError(f"start_epoch={start_epoch} is out of range; allowed: [1, {epochs - 1}]")
         self.freeze_norm_stats = freeze_norm_stats
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def stage2_parameters(self, model: Classifier) -> list[nn.Parameter]:
         """Prepare the model for stage 2 and return the parameters stage 2 trains."""
         raise NotImplementedError
 
@@ -164,10 +165,11 @@ class ClassifierRetraining(TwoStage):
     (10 epochs after 90 on ImageNet-LT in the official configs), with a cosine lr restarted at the base lr.
     """
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def stage2_parameters(self, model: Classifier) -> list[nn.Parameter]:
         for m in model.head.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if reset is not None:
+                reset()
         return list(model.head.parameters())
 
 
@@ -185,7 +187,7 @@ class ScaledHead(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.scales[:, None] * self.inner.weight
+        return self.scales[:, None] * _head_weight(self.inner)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -212,15 +214,15 @@ class MarginCalibratedHead(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.omega[:, None] * self.inner.weight
+        return self.omega[:, None] * _head_weight(self.inner)
 
     @property
     def bias(self) -> torch.Tensor:
         b = getattr(self.inner, "bias", None)
-        return self.omega * (0.0 if b is None else b) + self.beta * self.inner.weight.norm(dim=1)
+        return self.omega * (0.0 if b is None else b) + self.beta * _head_weight(self.inner).norm(dim=1)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.omega * self.inner(f) + self.beta * self.inner.weight.norm(dim=1)
+        return self.omega * self.inner(f) + self.beta * _head_weight(self.inner).norm(dim=1)
 
 
 def _head_weight(head: nn.Module) -> torch.Tensor:
@@ -247,11 +249,12 @@ class LearnableWeightScaling(TwoStage):
 
     stage2_fraction = 0.05
 
-    def restructure(self, model: nn.Module) -> None:
+    def restructure(self, model: Classifier) -> None:
         model.head = ScaledHead(model.head, model.num_classes)
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def stage2_parameters(self, model: Classifier) -> list[nn.Parameter]:
         self.restructure(model)
+        assert isinstance(model.head, ScaledHead)
         return [model.head.scales]
 
 
@@ -271,11 +274,12 @@ class MarginCalibration(TwoStage):
     follows the paper's formula.)
     """
 
-    def restructure(self, model: nn.Module) -> None:
+    def restructure(self, model: Classifier) -> None:
         model.head = MarginCalibratedHead(model.head, model.num_classes)
 
-    def stage2_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+    def stage2_parameters(self, model: Classifier) -> list[nn.Parameter]:
         self.restructure(model)
+        assert isinstance(model.head, MarginCalibratedHead)
         return [model.head.omega, model.head.beta]
 
 

@@ -14,6 +14,7 @@ the K runs stay independent: each keeps its own data, sampler, augmentation draw
 from __future__ import annotations
 
 import copy
+import typing
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from ltlib.models import BasicBlock, CifarResNet, Conv2d
 
 # Layers with a stacked form (convolutions, batch norm, blocks), and layers that act on each channel
 # alone or only reshape (the same layer serves the stack).
-_STACKABLE = (Conv2d, nn.Conv2d, nn.BatchNorm2d, BasicBlock, CifarResNet, nn.Sequential)
+_STACKABLE: tuple[type[nn.Module], ...] = (Conv2d, nn.Conv2d, nn.BatchNorm2d, BasicBlock, CifarResNet, nn.Sequential)
 _STACKABLE += (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
 
 
@@ -45,10 +46,12 @@ class BlockDiagonalConv2d(nn.Conv2d):
     weights at zero and their gradients zero.
     """
 
+    mask: torch.Tensor
+
     def __init__(self, convs: list[nn.Conv2d]) -> None:
         c = convs[0]
         k = len(convs)
-        super().__init__(k * c.in_channels, k * c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, 1, c.bias is not None)
+        super().__init__(k * c.in_channels, k * c.out_channels, *_geometry(c), 1, c.bias is not None)
         self.to(c.weight.device)
         self.blocks_of = (k, c.out_channels, c.in_channels)
         mask = torch.block_diag(*[torch.ones(c.out_channels, c.in_channels, device=c.weight.device)] * k)
@@ -58,7 +61,7 @@ class BlockDiagonalConv2d(nn.Conv2d):
             for block, conv in zip(self.blocks(self.weight), convs):
                 block.copy_(conv.weight)
             if self.bias is not None:
-                self.bias.copy_(torch.cat([conv.bias for conv in convs]))
+                self.bias.copy_(torch.cat([conv.bias for conv in convs if conv.bias is not None]))  # all have one: one architecture
 
     def blocks(self, weight: torch.Tensor) -> list[torch.Tensor]:
         """The K diagonal blocks of a weight of this layer's shape (views): model k's own weight."""
@@ -67,6 +70,18 @@ class BlockDiagonalConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], str | tuple[int, int], tuple[int, int]]:
+    """``conv``'s kernel size, stride, padding and dilation as ``nn.Conv2d`` takes them: pairs (torch types the
+    attributes as ``tuple[int, ...]``; a 2-D convolution's are pairs), the padding possibly a string."""
+
+    def pair(value: tuple[int, ...]) -> tuple[int, int]:
+        h, w = value
+        return h, w
+
+    padding = conv.padding if isinstance(conv.padding, str) else pair(conv.padding)
+    return pair(conv.kernel_size), pair(conv.stride), padding, pair(conv.dilation)
 
 
 def shortcut_embedding(k: int, cin: int, cout: int) -> torch.Tensor:
@@ -103,16 +118,14 @@ def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
             continue
         parts = [b.get_submodule(name) for b in backbones]
         if isinstance(module, nn.Conv2d) and _dense(module):
-            stacked.set_submodule(name, BlockDiagonalConv2d(parts))
+            # One architecture: every backbone's layer of this name is a convolution too.
+            stacked.set_submodule(name, BlockDiagonalConv2d(typing.cast(list[nn.Conv2d], parts)))
             continue
         if isinstance(module, nn.Conv2d):
             new: nn.Module = Conv2d(
                 k * module.in_channels,
                 k * module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
+                *_geometry(module),
                 k * module.groups,
                 module.bias is not None,
                 module.padding_mode,

@@ -27,6 +27,7 @@ import torch
 from ltlib.data import Dataset, load_dataset
 from ltlib.families import chosen
 from ltlib.fast import GraphEpoch, Member
+from ltlib.models import Classifier
 from ltlib.stack import copy_pairs, stack_backbones, stack_reason
 from ltlib.train import Config, Event, Result, choose_engine, prepare_data, resolve_device, train, with_validation_split
 
@@ -68,7 +69,7 @@ class _Stack:
     run evaluates and saves. A run that stops (finished, failed, cancelled) leaves, and the others go on.
     """
 
-    def __init__(self, epoch: GraphEpoch, slots: list[int], models: list[torch.nn.Module], device: torch.device) -> None:
+    def __init__(self, epoch: GraphEpoch, slots: list[int], models: list[Classifier], device: torch.device) -> None:
         self.epoch, self.slots = epoch, slots
         stacked = len(slots) > 1
         self.sources, self.targets = copy_pairs(epoch.backbone, [m.backbone for m in models]) if stacked else ([], [])
@@ -76,7 +77,8 @@ class _Stack:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.done = torch.cuda.Event() if self.cuda else None
         self.cond = threading.Condition()
-        self.active, self.pending = set(slots), {}
+        self.active = set(slots)
+        self.pending: dict[int, tuple[torch.cuda.Event | None, float]] = {}  # slot → (its hand-in event on a GPU, its lr)
         self.generation = 0
         self.error: BaseException | None = None
 
@@ -91,7 +93,7 @@ class _Stack:
                 self.cond.wait()
             if self.error is not None:
                 raise RuntimeError(f"the model-stack stopped: {self.error}") from self.error
-        if self.cuda:
+        if self.done is not None:  # on a GPU
             torch.cuda.current_stream().wait_event(self.done)
 
     def leave(self, slot: int) -> None:
@@ -106,9 +108,10 @@ class _Stack:
             rates = {lr for _, lr in self.pending.values()}
             if len(rates) > 1:
                 raise RuntimeError(f"stacked runs need one learning rate per epoch; got {sorted(rates)}")
-            if self.cuda:
+            if self.stream is not None and self.done is not None:  # on a GPU
                 with torch.cuda.stream(self.stream):
                     for handed_in, _ in self.pending.values():
+                        assert handed_in is not None, "every run hands in an event on a GPU"
                         self.stream.wait_event(handed_in)
                     self._epoch(rates.pop())
                     self.done.record(self.stream)
@@ -143,7 +146,7 @@ class StackedEpoch:
         self.stack.submit(self.slot, order, lr)
 
 
-def _stack_key(cfg: Config, model: torch.nn.Module, member: Member) -> str:
+def _stack_key(cfg: Config, model: Classifier, member: Member) -> str:
     """Runs with equal keys can share a stack: same layers, data size, batch, optimiser and lr schedule."""
     layers = [(name, type(m).__name__, [tuple(p.shape) for p in m.parameters(recurse=False)]) for name, m in model.backbone.named_modules()]
     settings = [cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.milestones(), cfg.lr_gamma, cfg.cosine]
@@ -167,11 +170,11 @@ class Stacker:
     def __init__(self, runs: int, max_size: int = MAX_STACK) -> None:
         self.cond = threading.Condition()
         self.open, self.max_size = set(range(runs)), max_size
-        self.joined: dict[int, tuple[torch.nn.Module, Member, Config, bool]] = {}
+        self.joined: dict[int, tuple[Classifier, Member, Config, bool]] = {}
         self.epochs: dict[int, StackedEpoch] = {}
         self.error: BaseException | None = None
 
-    def join(self, slot: int, model: torch.nn.Module, member: Member, cfg: Config, use_bf16: bool) -> StackedEpoch:
+    def join(self, slot: int, model: Classifier, member: Member, cfg: Config, use_bf16: bool) -> StackedEpoch:
         with self.cond:
             self.joined[slot] = (model, member, cfg, use_bf16)
             self._take(slot)
@@ -237,7 +240,7 @@ class Seat:
     stacker: Stacker
     slot: int
 
-    def join(self, model: torch.nn.Module, member: Member, cfg: Config, use_bf16: bool) -> StackedEpoch:
+    def join(self, model: Classifier, member: Member, cfg: Config, use_bf16: bool) -> StackedEpoch:
         return self.stacker.join(self.slot, model, member, cfg, use_bf16)
 
     def leave(self) -> None:

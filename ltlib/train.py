@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -81,9 +82,13 @@ class Result:
 class EpochRunner(Protocol):
     """Trains one epoch over a device tensor of training indices at a learning rate."""
 
-    loss_sum: torch.Tensor  # the epoch's summed batch losses (a device scalar), zeroed by the runner
     warm_up_seconds: float  # set-up before the first epoch (graph capture, compilation)
     note: str  # added to the run's engine note
+
+    @property
+    def loss_sum(self) -> torch.Tensor:
+        """The epoch's summed batch losses (a device scalar), zeroed by the runner."""
+        ...
 
     def __call__(self, order: torch.Tensor, lr: float) -> None: ...
 
@@ -130,7 +135,7 @@ def with_validation_split(cfg: Config) -> tuple[Config, str]:
     entry = losses.LOSSES.get(cfg.loss)
     if cfg.val_fraction > 0 or "validation split" not in entry.traits:
         return cfg, ""
-    default = entry.obj.default_val_fraction
+    default = typing.cast(type[losses.Loss], entry.obj).default_val_fraction  # LOSSES holds Loss classes
     note = f"loss {cfg.loss!r} learns on a validation split: val_fraction={default} of the long-tailed training set held out"
     return replace(cfg, val_fraction=default), note
 
@@ -157,15 +162,13 @@ def check_needs(cfg: Config, data: Dataset) -> None:
     check_data_needs(cfg, offers)
 
 
-def evaluation_logits(
-    model: torch.nn.Module, inputs: Inputs, x: torch.Tensor, cfg: Config, counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def evaluation_logits(model: Classifier, inputs: Inputs, x: torch.Tensor, cfg: Config, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Test logits with the config's post-hoc adjustments (τ-norm, logit adjustment), and features."""
     # Only the training step is compiled: an eval-mode compile would add its warm-up to the run.
     eager = torch.compiler.set_stance("force_eager") if cfg.compile and inputs.device.type == "cuda" else contextlib.nullcontext()
     with eager:
         logits, feats = predict(model, inputs, x)
-    weight = model.head.weight.detach().float().cpu().numpy() if cfg.tau_norm is not None else None
+    weight = losses.head_weight(model).detach().float().cpu().numpy() if cfg.tau_norm is not None else None
     return adjusted_logits(logits.cpu().numpy(), feats.cpu().numpy(), weight, cfg, counts)
 
 
@@ -214,7 +217,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], 
         loss.backward()
         return loss
 
-    return optimizer.step(closure)
+    # torch types a closure (and so step's result) as float; the loop's closures return the loss tensor, and step returns it.
+    return optimizer.step(closure)  # type: ignore[arg-type, return-value]
 
 
 class EagerEpoch:
@@ -364,7 +368,8 @@ def _train(
     )
     steps = math.ceil(len(y_train) / cfg.batch_size)
     history: list[dict[str, Any]] = []
-    domain_args = {} if data.domains_test is None else {"domains": data.domains_test.numpy(), "domain_names": data.domain_names}
+    test_domains = None if data.domains_test is None else data.domains_test.numpy()
+    test_domain_names = None if data.domains_test is None else data.domain_names
     info = {"class_counts": counts.tolist(), "model": model_name, "device": str(device), "engine": engine, "engine_note": engine_note}
     # What ltlib.runs.load_model needs to rebuild the model and take raw inputs (with input_mean/input_std in the arrays).
     info["input_shape"], info["input_dtype"] = list(data.input_shape), str(data.x_train.dtype).removeprefix("torch.")
@@ -383,7 +388,7 @@ def _train(
         epoch = record["epoch"] - 1
         summary: dict[str, Any] = {}
         if outputs is not None:
-            summary = evaluate(outputs[0], data.y_test.numpy(), counts, **domain_args)
+            summary = evaluate(outputs[0], data.y_test.numpy(), counts, domains=test_domains, domain_names=test_domain_names)
             record.update({k: summary[k] for k in ("accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll")})
             if "per_domain_accuracy" in summary:
                 record["per_domain_accuracy"] = summary["per_domain_accuracy"]
@@ -407,6 +412,7 @@ def _train(
         state.sampler.on_epoch_start(epoch, state)  # meta-learned rates; after a stage switch, the new sampler's
         if state.rebuild:  # a hook changed what a step does (a stage switch, SAM or a mixing method switching on)
             if waiting is not None:  # the pending test pass belongs to the model as it was
+                assert background is not None, "only a background pass leaves a record waiting"
                 publish(waiting, adjusted_logits(*background.result(), cfg, counts))
                 waiting = None
             runner, state.rebuild = make_runner(), False
@@ -420,6 +426,7 @@ def _train(
         runner(order, lr)
 
         if waiting is not None:  # the previous epoch's test pass ran beside this epoch's training
+            assert background is not None, "only a background pass leaves a record waiting"
             publish(waiting, adjusted_logits(*background.result(), cfg, counts))
             waiting = None
         # One host synchronisation per epoch: the mean loss, which also catches NaN/inf.
@@ -462,7 +469,7 @@ def _train(
             arrays.update({k: v.float().cpu().numpy() for k, v in head_arrays(torch.from_numpy(feats_np).to(device)).items()})
     if data.domains_test is not None:  # per-domain metrics can be recomputed from a saved run
         arrays["test_domains"] = data.domains_test.numpy().astype(np.int64)
-    if data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
+    if data.x_val is not None and data.y_val is not None:  # post-hoc calibration (temperature scaling) is fitted on these
         val_logits, _ = evaluation_logits(model, inputs, data.x_val, cfg, counts)
         arrays.update(val_logits=val_logits, val_labels=data.y_val.numpy().astype(np.int64))
     for name in ("weight", "bias"):
@@ -478,7 +485,20 @@ def _train(
     return Result(run_id, path, final, history, model)
 
 
-def _save(cfg, data, counts, history, info, started, root, status, error=None, final=None, arrays=None, model=None) -> Path:
+def _save(
+    cfg: Config,
+    data: Dataset,
+    counts: np.ndarray,
+    history: list[dict[str, Any]],
+    info: dict[str, Any],
+    started: float,
+    root: str | Path | None,
+    status: str,
+    error: str | None = None,
+    final: dict[str, Any] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    model: torch.nn.Module | None = None,
+) -> Path:
     meta = {
         **info,
         "status": status,
