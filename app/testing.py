@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -54,19 +55,16 @@ def listening(port: int) -> set[str]:
 
 
 @contextlib.contextmanager
-def server(runs: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), cwd: Path = ROOT) -> Iterator[str]:
-    """`streamlit run app/Home.py` (more command-line ``args``, from ``cwd``) with its own run store; yields its URL once it answers.
-
-    From the repo root Streamlit reads ``.streamlit/config.toml`` (address localhost); from elsewhere it does not.
-    """
-    port = free_port()
-    full_env = {**os.environ, "LTLIB_HOME": str(runs), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.setdefault("LTLIB_CACHE", str(ROOT / ".cache"))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.port", str(port), "--server.headless", "true"]
-    proc = subprocess.Popen([*cmd, *args], cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serving(cmd: Sequence[str], port: int, cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """Start a Streamlit server by ``cmd`` (listening on ``port``); yield its URL once it answers, stop it afterwards."""
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a talkative server never blocks on a full pipe
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"  # IPv4 loopback: served by localhost, 127.0.0.1 and 0.0.0.0 alike
     try:
         for _ in range(240):
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the streamlit server exited with status {proc.returncode}: {log.read()}")
             try:
                 urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
                 break
@@ -81,6 +79,22 @@ def server(runs: Path, env: dict[str, str] | None = None, args: Sequence[str] = 
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def server(runs: Path, env: dict[str, str] | None = None, args: Sequence[str] = (), cwd: Path = ROOT) -> Iterator[str]:
+    """`streamlit run app/Home.py` (more command-line ``args``, from ``cwd``) with its own run store; yields its URL once it answers.
+
+    From the repo root Streamlit reads ``.streamlit/config.toml`` (address localhost); from elsewhere it does not.
+    """
+    port = free_port()
+    full_env = {**os.environ, "LTLIB_HOME": str(runs), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.setdefault("LTLIB_CACHE", str(ROOT / ".cache"))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.port", str(port), "--server.headless", "true"]
+    with serving([*cmd, *args], port, cwd, full_env) as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -433,12 +433,15 @@ class CDT(Loss):
         return F.cross_entropy(logits / self.temperature, targets, reduction="none")
 
 
-@LOSSES.register(
-    "mm",
+# The two variants of the maximum-margin loss: one paper, one head, one set of parameters.
+MAX_MARGIN: dict[str, Any] = dict(
     paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021",
     traits=("cosine head",),
     constraints={"max_m": NON_NEGATIVE, "gamma": NON_NEGATIVE, "s": POSITIVE},
 )
+
+
+@LOSSES.register("mm", **MAX_MARGIN)
 class MaxMargin(LDAM):
     """Maximum-margin (hard MM) loss: the target cosine is lowered by a shift set from each sample's own margin.
 
@@ -470,12 +473,7 @@ class MaxMargin(LDAM):
         return target_shifted_ce(logits, targets, self.s * shift)
 
 
-@LOSSES.register(
-    "mm_ldam",
-    paper="Kang, Vu & Yoo, Learning Imbalanced Datasets with Maximum Margin Loss, ICIP 2021",
-    traits=("cosine head",),
-    constraints={"max_m": NON_NEGATIVE, "gamma": NON_NEGATIVE, "s": POSITIVE},
-)
+@LOSSES.register("mm_ldam", **MAX_MARGIN)
 class MaxMarginLDAM(MaxMargin):
     """Maximum-margin loss with class-aware margins (MM-LDAM): ``mm`` with M_y = max_m − Δ_y per class.
 

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 import venv
 import zipfile
@@ -22,13 +21,25 @@ import ltlib
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "app"))
-from testing import free_port, listening  # noqa: E402
+from testing import free_port, listening, serving  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+
+
+def _installed_app(bin_dir: Path, checks: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run the installed app's script under AppTest in the new environment, then the Python lines ``checks`` (``at`` is the AppTest)."""
+    script = (
+        "from streamlit import config\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "from ltlib.cli import app_script\n"
+        "config.set_option('server.address', '127.0.0.1')  # no config file here: the address `ltlib app` passes\n"
+        "at = AppTest.from_file(str(app_script()), default_timeout=60).run()\n"
+    )
+    return _run([str(bin_dir / "python"), "-c", script + checks], cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -103,47 +114,18 @@ def test_train_from_an_empty_folder_saves_into_ltlib_home(tool):
 def test_app_serves_on_loopback_only(tool):
     _, _, empty, env = tool
     port = free_port()
-    server = subprocess.Popen(
-        ["ltlib", "app", "--server.port", str(port), "--server.headless", "true"],
-        cwd=empty,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline, status = time.monotonic() + 60, None
-        while status is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
-            except OSError:
-                time.sleep(0.25)
-        assert server.poll() is None, server.stderr.read()
-        assert status == 200
+    with serving(["ltlib", "app", "--server.port", str(port), "--server.headless", "true"], port, empty, env) as url:
+        assert urllib.request.urlopen(f"{url}/", timeout=10).status == 200
         assert listening(port) == {"127.0.0.1"}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_installed_app_pages_import_and_render(tool):
     """The served page above is only Streamlit's shell: run the installed app's script itself (its imports, the Train page)."""
     _, bin_dir, empty, env = tool
     script = (
-        "from streamlit import config\n"
-        "from streamlit.testing.v1 import AppTest\n"
-        "from ltlib.cli import app_script\n"
-        "config.set_option('server.address', '127.0.0.1')  # no config file here: the address `ltlib app` passes\n"
-        "at = AppTest.from_file(str(app_script()), default_timeout=60).run()\n"
-        "assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]\n"
-        "print(app_script(), at.title[0].value)\n"
+        "assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]\nprint(app_script(), at.title[0].value)\n"
     )
-    done = _run([str(bin_dir / "python"), "-c", script], cwd=empty, env=env)
+    done = _installed_app(bin_dir, script, empty, env)
     assert done.returncode == 0, done.stdout + done.stderr
     script_path, _, title = done.stdout.strip().partition(" ")
     assert Path(script_path).is_relative_to(bin_dir.parent) and title == "Train"
@@ -167,16 +149,11 @@ def test_a_notebooks_runs_are_in_the_apps_store(tool):
     assert trained.returncode == 0, trained.stderr
     run_id = trained.stdout.strip().splitlines()[-1]
     script = (
-        "from streamlit import config\n"
-        "from streamlit.testing.v1 import AppTest\n"
-        "from ltlib.cli import app_script\n"
-        "config.set_option('server.address', '127.0.0.1')\n"
-        "at = AppTest.from_file(str(app_script()), default_timeout=60).run()\n"
         "at.switch_page('views/per_class.py').run()\n"
         "assert not at.exception, [e.value for e in at.exception]\n"
         "print(at.selectbox(key='w_run').value)\n"
     )
-    shown = _run([str(bin_dir / "python"), "-c", script], cwd=empty, env=env)
+    shown = _installed_app(bin_dir, script, empty, env)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert shown.stdout.strip().splitlines()[-1] == run_id
     assert not any(kernel_dir.iterdir()) and not any(empty.iterdir())  # nothing written where the kernel or the app ran
